@@ -1,0 +1,63 @@
+"""TextModel: what the bundled text models share around their forward pass.
+
+Options parsed when the model is built, per-sample text checks (run by the
+worker before batching, so one bad input fails alone with a message saying
+what is accepted), and the batch path: tokenise once without padding, split
+by length when ``bucket=True``, pad and run each sub-batch, put outputs back
+in the caller's order. A subclass loads its model and implements
+:meth:`TextModel.forward`.
+"""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+from typing import Any, ClassVar, Generic, TypeVar
+
+from ..errors import InvalidSample, ModelLoadError
+from ..model import ManagedModel
+from .bucketing import map_buckets, plan_buckets
+from .hf import token_ids
+from .options import TextModelOptions, parse_options
+
+Output = TypeVar("Output")
+
+
+class TextModel(ManagedModel[str, Output], Generic[Output]):
+    """A Hugging Face text model whose sample is one str."""
+
+    #: The options dataclass of the subclass.
+    options_schema: ClassVar[type[TextModelOptions]] = TextModelOptions
+
+    def __init__(self, device: str = "cpu", **options: Any) -> None:
+        super().__init__(device, **options)
+        self.settings: Any = parse_options(self.options_schema, type(self).__name__, options, device)
+        self.tokenizer: Any = None
+        self.model: Any = None
+
+    def validate(self, sample: Any) -> None:
+        name = type(self).__name__
+        if not isinstance(sample, str):
+            raise InvalidSample(f"{name} takes a str sample, got {type(sample).__name__}")
+        if not sample.strip():
+            raise InvalidSample(f"{name} got an empty or blank text; send at least one word")
+        if len(sample) > self.settings.max_chars:
+            raise InvalidSample(
+                f"{name} got a text of {len(sample)} characters, more than max_chars={self.settings.max_chars}; "
+                f"shorten it or raise the max_chars option"
+            )
+
+    def predict(self, batch: list[str]) -> list[Output]:
+        if self.model is None:
+            raise ModelLoadError(f"{type(self).__name__}: predict() before init_model(); the worker loads it first")
+        if not batch:
+            return []
+        rows = token_ids(self.tokenizer, batch, self.settings.max_tokens)
+        if self.settings.bucket:
+            buckets = plan_buckets([len(row) for row in rows])
+        else:
+            buckets = [list(range(len(rows)))]
+        return map_buckets(rows, buckets, self.forward)
+
+    @abstractmethod
+    def forward(self, rows: list[list[int]]) -> list[Output]:
+        """Run the model on token id rows (unpadded) and return one output per row."""
