@@ -93,6 +93,10 @@ def _seconds(value: str) -> float:
 
 WORKERS_OPTIONS: tuple[Option, ...] = (
     Option(("-A", "--app"), {"required": True, "help": "Celery app, as for 'celery -A' (e.g. django_demo)"}),
+    Option(
+        ("--config",),
+        {"help": "Celery config module for every worker, e.g. worker_configs.common (not a gpuN one)"},
+    ),
     Option(("--gpus",), {"type": _index_list, "help": "GPU indices to serve, e.g. 0,1,2,3"}),
     Option(("--per-gpu",), {"type": _count, "default": 1, "help": "workers per GPU (default 1)"}),
     Option(("--cpu",), {"type": _count, "metavar": "N", "help": "run N CPU workers instead of GPU workers"}),
@@ -126,7 +130,7 @@ def run_workers(args: argparse.Namespace) -> int:
         specs = with_device(specs, args.device)
 
     def command(spec: WorkerSpec) -> list[str]:
-        return worker_command(spec, args.app, args.loglevel, args.queues, args.extra)
+        return worker_command(spec, args.app, args.loglevel, args.queues, args.extra, args.config)
 
     if args.dry_run:
         for spec in specs:

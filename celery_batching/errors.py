@@ -2,8 +2,9 @@
 
 Every error a caller can see through ``AsyncResult`` derives from
 :class:`BatchingError`, and its message names the task and what to fix.
-They live in one importable module so the result backend can rebuild them
-on the client side by module and class name.
+Each keeps its constructor arguments in ``args`` and formats its message in
+``__str__``, so Celery's result backend rebuilds the same exception, with the
+same message, on the client side (it calls ``cls(*args)``).
 """
 
 from __future__ import annotations
@@ -17,13 +18,29 @@ class ConfigurationError(BatchingError, ValueError):
     """A batched task or worker was declared with an invalid option."""
 
 
-class BatchSizeMismatch(BatchingError):
-    """``predict`` returned a different number of results than it got samples."""
+class InvalidSample(BatchingError, ValueError):
+    """A sample was rejected before it reached the model."""
 
-    def __init__(self, task_name: str, expected: int, got: int) -> None:
-        super().__init__(
-            f"{task_name}: predict() returned {got} results for a batch of "
-            f"{expected} samples; it must return one result per sample, in order"
+
+class ModelLoadError(BatchingError, RuntimeError):
+    """A worker's model failed to load or warm up; the worker stops."""
+
+
+class MalformedMessage(BatchingError):
+    """A message on a batched queue is not a Celery task message this worker can run."""
+
+
+class BatchSizeMismatch(BatchingError):
+    """``predict`` returned something else than one result per sample."""
+
+    def __init__(self, task_name: str, expected: int, got: int | str) -> None:
+        super().__init__(task_name, expected, got)
+
+    def __str__(self) -> str:
+        task_name, expected, got = self.args
+        return (
+            f"{task_name}: predict() returned {got} results for a batch of {expected} "
+            f"samples; it must return a list with one result per sample, in order"
         )
 
 
@@ -31,32 +48,37 @@ class ResultNotSerializable(BatchingError):
     """A result could not be encoded by the task's result serializer."""
 
     def __init__(self, task_name: str, result_type: str, serializer: str, reason: str) -> None:
-        super().__init__(
-            f"{task_name}: result of type {result_type} cannot be encoded with "
-            f"the {serializer!r} serializer ({reason}); return plain lists, "
-            f"dicts, strings and numbers"
+        super().__init__(task_name, result_type, serializer, reason)
+
+    def __str__(self) -> str:
+        task_name, result_type, serializer, reason = self.args
+        return (
+            f"{task_name}: a result of type {result_type} cannot be encoded with the "
+            f"{serializer!r} serializer ({reason}); return plain lists, dicts, strings and numbers"
         )
-
-
-class InvalidSample(BatchingError, ValueError):
-    """A sample was rejected before it reached the model."""
 
 
 class InvalidTaskCall(BatchingError, TypeError):
-    """A batched task was called with other arguments than one sample."""
+    """A batched task was called with other arguments than exactly one sample."""
 
-    def __init__(self, task_name: str, args: object, kwargs: object) -> None:
-        n_args = len(args) if isinstance(args, (list, tuple)) else type(args).__name__
-        super().__init__(
-            f"{task_name} takes exactly one positional sample, got "
-            f"args of length {n_args} and kwargs {sorted(kwargs) if isinstance(kwargs, dict) else kwargs!r}; "
-            f"call {task_name.rsplit('.', 1)[-1]}.delay(sample)"
+    def __init__(self, task_name: str, n_args: int, kwarg_names: list[str]) -> None:
+        super().__init__(task_name, n_args, kwarg_names)
+
+    def __str__(self) -> str:
+        task_name, n_args, kwarg_names = self.args
+        short = task_name.rsplit(".", 1)[-1]
+        return (
+            f"{task_name} takes exactly one positional sample, got {n_args} positional "
+            f"argument(s) and keyword(s) {kwarg_names}; call {short}.delay(sample)"
         )
 
 
-class MalformedMessage(BatchingError):
-    """A message on a batched queue is not a Celery task message we can run."""
+class SampleTooLarge(InvalidSample):
+    """An encoded sample exceeds the task's ``max_sample_bytes``."""
 
+    def __init__(self, task_name: str, size: int, limit: int) -> None:
+        super().__init__(task_name, size, limit)
 
-class ModelLoadError(BatchingError, RuntimeError):
-    """A worker's model failed to load or warm up; the worker stops."""
+    def __str__(self) -> str:
+        task_name, size, limit = self.args
+        return f"{task_name}: sample of {size} bytes exceeds max_sample_bytes={limit}"

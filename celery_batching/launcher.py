@@ -92,10 +92,18 @@ def with_threads(specs: Sequence[WorkerSpec], threads: int) -> list[WorkerSpec]:
 
 
 def worker_command(
-    spec: WorkerSpec, app: str, loglevel: str = "INFO", queues: Sequence[str] = (), extra: Sequence[str] = ()
+    spec: WorkerSpec,
+    app: str,
+    loglevel: str = "INFO",
+    queues: Sequence[str] = (),
+    extra: Sequence[str] = (),
+    config: str | None = None,
 ) -> list[str]:
     """The ``celery worker`` command line of one planned worker."""
-    command = [sys.executable, "-m", "celery", "-A", app, "worker", "--pool", "solo", "-n", spec.name]
+    command = [sys.executable, "-m", "celery", "-A", app]
+    if config:
+        command += ["--config", config]  # a global option: before the subcommand
+    command += ["worker", "--pool", "solo", "-n", spec.name]
     command += ["--loglevel", loglevel]
     if queues:
         command += ["-Q", ",".join(queues)]
@@ -111,6 +119,16 @@ def worker_env(spec: WorkerSpec, base: dict[str, str]) -> dict[str, str]:
     env = {**base, **spec.env}
     configure_threads(spec.threads, env)
     return env
+
+
+def describe_exit(returncode: int) -> str:
+    """``"exited with code 1"`` or ``"was killed by SIGKILL"`` (Popen's negative codes)."""
+    if returncode < 0:
+        try:
+            return f"was killed by {signal.Signals(-returncode).name}"
+        except ValueError:
+            return f"was killed by signal {-returncode}"
+    return f"exited with code {returncode}"
 
 
 @dataclass
@@ -211,10 +229,10 @@ class Supervisor:
         assert worker.proc is not None
         decision = restart_delay(self.policy, worker.restarts, now)
         logger.warning(
-            "worker %s (pid %d) exited with code %s; restarting in %.1f s%s",
+            "worker %s (pid %d) %s; restarting in %.1f s%s",
             worker.spec.name,
             worker.proc.pid,
-            worker.proc.returncode,
+            describe_exit(worker.proc.returncode),
             decision.delay,
             f" (restart limit: {self.policy.max_restarts} per {self.policy.window:g} s)" if decision.limited else "",
         )

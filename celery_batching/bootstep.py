@@ -1,0 +1,140 @@
+"""The worker bootstep that serves batched queues; installed by ``batched()``.
+
+A plain ``celery -A proj worker`` then serves, with a
+:class:`~celery_batching.consumer.BatchedQueueConsumer` each, the queues of
+every batched task of the app (narrowed by ``-Q``/``-X`` as usual), and takes
+those queues away from Celery's own consumer. Models are loaded before the
+worker's consumer starts, so the worker reports ready only once they are.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from celery import Celery, bootsteps
+from celery.signals import celeryd_init
+from celery.utils.text import str_to_list
+
+from .consumer import BatchedQueueConsumer, QueueSpec
+from .errors import ModelLoadError
+from .hooks import BatchHooks
+from .task import BatchedTask
+
+logger = logging.getLogger(__name__)
+
+
+def install(app: Celery) -> None:
+    """Register the bootstep on ``app`` (idempotent)."""
+    app.steps["worker"].add(BatchingStep)
+    celeryd_init.connect(_remember_queue_options, weak=False, dispatch_uid="celery-batching-queues")
+
+
+def _remember_queue_options(sender: Any = None, instance: Any = None, options: Any = None, **_: Any) -> None:
+    """Keep ``-Q``/``-X`` on the worker: Celery consumes them before bootsteps see their options."""
+    options = options or {}
+    instance.batching_queue_options = (
+        str_to_list(options.get("queues")) or [],
+        str_to_list(options.get("exclude_queues")) or [],
+    )
+
+
+def batched_tasks(app: Celery) -> list[BatchedTask]:
+    return sorted((t for t in app.tasks.values() if isinstance(t, BatchedTask)), key=lambda t: t.name)
+
+
+def select_served(tasks: list[BatchedTask], include: list[str], exclude: list[str]) -> list[BatchedTask]:
+    """The batched tasks a worker started with ``-Q include -X exclude`` serves."""
+    return [t for t in tasks if (not include or t.batch_queue in include) and t.batch_queue not in exclude]
+
+
+class BatchingStep(bootsteps.StartStopStep):
+    """Loads the models and runs one batched consumer per served queue."""
+
+    label = "celery-batching"
+    # Before the Consumer step (which is last): ready only once models are loaded.
+    requires = ("celery.worker.components:Pool",)
+
+    def __init__(self, worker: Any, **kwargs: Any) -> None:
+        app = worker.app
+        include, exclude = getattr(worker, "batching_queue_options", ([], []))
+        self.tasks = select_served(batched_tasks(app), include, exclude)
+        self.consumers: list[BatchedQueueConsumer] = []
+        served = [task.batch_queue for task in self.tasks]
+        if served:
+            # Celery's own consumer must not take these messages one by one.
+            consume_from = app.amqp.queues.consume_from
+            app.amqp.queues.deselect([name for name in served if name in consume_from])
+
+    def include_if(self, worker: Any) -> bool:
+        return bool(self.tasks)
+
+    def create(self, worker: Any) -> "BatchingStep":
+        return self
+
+    def start(self, worker: Any) -> None:
+        hooks = worker_hooks(worker.app)
+        for task in self.tasks:
+            spec = self._spec(worker.app, task)
+            consumer = BatchedQueueConsumer(worker.app, spec, worker.hostname, bool(worker.task_events), hooks)
+            consumer.start()
+            self.consumers.append(consumer)
+            logger.info(
+                "celery-batching: serving %s from queue %r (max_batch_size=%s, max_wait=%ss)",
+                task.name, task.batch_queue, task.batch_policy.max_batch_size, task.batch_policy.max_wait,
+            )
+
+    def stop(self, worker: Any) -> None:
+        while self.consumers:
+            self.consumers.pop().stop()
+
+    def shutdown(self, worker: Any) -> None:
+        self.stop(worker)
+
+    def _spec(self, app: Celery, task: BatchedTask) -> QueueSpec:
+        if task.model_class is None:
+            predict, validate = task.batch_function, None
+        else:
+            model = load_model(app, task)
+            predict, validate = model.predict, model.validate
+        assert predict is not None
+        return QueueSpec(
+            task_name=task.name,
+            queue=task.batch_queue,
+            policy=task.batch_policy,
+            predict=predict,
+            validate=validate,
+            ignore_result=bool(task.ignore_result),
+            max_sample_bytes=task.max_sample_bytes,
+        )
+
+
+def load_model(app: Celery, task: BatchedTask) -> Any:
+    """Build, load and warm up ``task``'s model on this worker's device, or stop the worker."""
+    from .devices import resolve_device
+
+    device = resolve_device(app.conf.get("batching_device"))
+    try:
+        model = task.build_model(device)
+        warmup = model.warmup_batch()
+        if warmup:
+            outputs = list(model.predict(list(warmup)))
+            if len(outputs) != len(warmup):
+                raise ValueError(f"warm-up returned {len(outputs)} results for {len(warmup)} samples")
+    except Exception as exc:
+        raise ModelLoadError(
+            f"{task.name}: model {task.model_class.__name__} failed to load on {device}: "
+            f"{type(exc).__name__}: {exc}"
+        ) from exc
+    logger.info("celery-batching: %s loaded %s on %s", task.name, task.model_class.__name__, device)
+    return model
+
+
+def worker_hooks(app: Celery) -> list[BatchHooks]:
+    """Hooks configured on the app (``batching_hooks``: instances or import paths)."""
+    from celery.utils.imports import symbol_by_name
+
+    hooks = []
+    for hook in app.conf.get("batching_hooks") or ():
+        hooks.append(symbol_by_name(hook)() if isinstance(hook, str) else hook)
+    return hooks

@@ -1,0 +1,144 @@
+"""Per-task results into Celery's result backend, one pipeline per batch.
+
+Each task gets exactly the record Celery's own worker would write (same key,
+same fields, same serializer) and the same pub/sub notification, so
+``AsyncResult.get()``, ``.state`` and ``.ready()`` work unchanged. With the
+Redis backend the whole batch is one pipeline; any other backend gets
+Celery's own per-task ``store_result``.
+"""
+
+from __future__ import annotations
+
+import traceback as tb_module
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from importlib import resources
+from typing import Any
+
+from celery import Celery, states
+from celery.backends.redis import RedisBackend
+
+from .errors import ResultNotSerializable
+
+
+@dataclass
+class TaskResult:
+    """The final outcome of one task, before encoding."""
+
+    task_id: str
+    state: str
+    value: Any
+    ignore_result: bool = False
+    redelivered: bool = False
+    group_id: str | None = None
+    parent_id: str | None = None
+    extended: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def failed(self) -> bool:
+        return self.state != states.SUCCESS
+
+
+def format_traceback(exc: BaseException) -> str:
+    return "".join(tb_module.format_exception(type(exc), exc, exc.__traceback__))
+
+
+class ResultWriter:
+    """Writes the results of one batched task's batches."""
+
+    def __init__(self, app: Celery, task_name: str) -> None:
+        self.backend = app.backend
+        self.task_name = task_name
+        self.app = app
+        self.serializer = self.backend.serializer
+        self._fast = isinstance(self.backend, RedisBackend)
+        if self._fast:
+            source = resources.files(__package__).joinpath("lua", "store_once.lua").read_text()
+            self._store_once = self.backend.client.register_script(source)
+
+    def write(self, results: Sequence[TaskResult]) -> list[TaskResult]:
+        """Store every result not ignored; returns them as stored.
+
+        A result the serializer cannot encode is stored as a FAILURE with
+        :class:`~celery_batching.errors.ResultNotSerializable` instead, and
+        returned that way.
+        """
+        date_done = self.app.now().isoformat()
+        encoded: list[tuple[TaskResult, str]] = []
+        final: list[TaskResult] = []
+        for result in results:
+            result, payload = self._encode(result, date_done)
+            final.append(result)
+            if not result.ignore_result:
+                encoded.append((result, payload))
+        if self._fast:
+            self._write_redis(encoded)
+        else:
+            for result, _ in encoded:
+                self._write_generic(result)
+        return final
+
+    def already_final(self, task_ids: Sequence[str]) -> set[str]:
+        """Which of ``task_ids`` already have a final result stored (one round trip on Redis)."""
+        if not self._fast:
+            return {task_id for task_id in task_ids if self.backend.get_state(task_id) in states.READY_STATES}
+        keys = [self.backend.get_key_for_task(task_id) for task_id in task_ids]
+        stored = self.backend.client.mget(keys)
+        return {
+            task_id
+            for task_id, raw in zip(task_ids, stored)
+            if raw is not None and self.backend.decode_result(raw).get("status") in states.READY_STATES
+        }
+
+    def _encode(self, result: TaskResult, date_done: str) -> tuple[TaskResult, str]:
+        try:
+            return result, self.backend.encode(self._meta(result, date_done))
+        except Exception as exc:  # noqa: BLE001 - any encoder error means "not serializable"
+            error = ResultNotSerializable(
+                self.task_name, type(result.value).__name__, self.serializer, f"{type(exc).__name__}: {exc}"
+            )
+            failed = replace(result, state=states.FAILURE, value=error)
+            return failed, self.backend.encode(self._meta(failed, date_done))
+
+    def _meta(self, result: TaskResult, date_done: str) -> dict[str, Any]:
+        value = result.value
+        traceback = None
+        if isinstance(value, BaseException):
+            traceback = format_traceback(value) if result.state == states.FAILURE else None
+            value = self.backend.prepare_exception(value, self.serializer)
+        meta: dict[str, Any] = {
+            "status": result.state,
+            "result": value,
+            "traceback": traceback,
+            "children": [],
+            "date_done": date_done,
+            "task_id": result.task_id,
+        }
+        if result.group_id:
+            meta["group_id"] = result.group_id
+        if result.parent_id:
+            meta["parent_id"] = result.parent_id
+        meta.update(result.extended)
+        return meta
+
+    def _write_redis(self, encoded: list[tuple[TaskResult, str]]) -> None:
+        if not encoded:
+            return
+        backend = self.backend
+        ttl = int(backend.expires) if backend.expires else 0
+        with backend.client.pipeline(transaction=False) as pipe:
+            for result, payload in encoded:
+                key = backend.get_key_for_task(result.task_id)
+                if result.redelivered:
+                    self._store_once(keys=[key], args=[payload, ttl], client=pipe)
+                    continue
+                if ttl:
+                    pipe.set(key, payload, ex=ttl)
+                else:
+                    pipe.set(key, payload)
+                pipe.publish(key, payload)
+            pipe.execute()
+
+    def _write_generic(self, result: TaskResult) -> None:
+        traceback = format_traceback(result.value) if result.state == states.FAILURE else None
+        self.backend.store_result(result.task_id, result.value, result.state, traceback=traceback)

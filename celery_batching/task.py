@@ -1,0 +1,152 @@
+"""Declaring a batched task: ``@batched(app, max_batch_size=64)``.
+
+To its callers a batched task is an ordinary Celery task taking one sample
+(``.delay(sample)``, ``.apply_async``, ``AsyncResult``, revoke, Flower). Only
+its worker differs: the :mod:`~celery_batching.bootstep` installed here makes
+every ``celery worker`` of the app serve the task's queue in batches.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar, overload
+
+from celery import Celery, Task
+
+from .errors import ConfigurationError
+from .model import ManagedModel
+from .policy import FlushPolicy
+
+# Largest encoded sample a worker accepts by default; bigger ones fail alone.
+DEFAULT_MAX_SAMPLE_BYTES = 1 << 20
+
+BatchFn = Callable[[list[Any]], Sequence[Any]]
+F = TypeVar("F", bound=BatchFn)
+
+
+class BatchedTask(Task):
+    """Base class of batched tasks; ``batched()`` fills in the class attributes."""
+
+    abstract = True
+    batch_policy: FlushPolicy = FlushPolicy()
+    batch_function: BatchFn | None = None
+    model_class: type[ManagedModel] | None = None
+    model_options: dict[str, Any] = {}
+    max_sample_bytes: int | None = DEFAULT_MAX_SAMPLE_BYTES
+    #: The queue the task's batch consumer serves (``task_routes`` do not apply).
+    batch_queue: str = ""
+    _local_model: ManagedModel | None = None
+
+    def apply_async(self, args: Any = None, kwargs: Any = None, **options: Any) -> Any:
+        """Send to the task's batch queue unless the caller names another queue."""
+        options.setdefault("queue", self.batch_queue)
+        return super().apply_async(args, kwargs, **options)
+
+    def run_one(self, sample: Any) -> Any:
+        """Run one sample in this process (a direct call or ``apply()``): a batch of one."""
+        if self.batch_function is not None:
+            return list(self.batch_function([sample]))[0]
+        if self._local_model is None:
+            type(self)._local_model = self.build_model("cpu")
+        return list(self._local_model.predict([sample]))[0]
+
+    def build_model(self, device: str) -> ManagedModel:
+        """Build and load this task's model on ``device`` (once per worker process)."""
+        if self.model_class is None:
+            raise ConfigurationError(f"{self.name} has no model")
+        model = self.model_class(device=device, **self.model_options)
+        model.init_model()
+        return model
+
+
+_OWN_OPTIONS = {"max_batch_size", "max_wait", "queue", "name", "model", "model_options", "max_sample_bytes"}
+
+
+@overload
+def batched(app: Celery, *, model: type[ManagedModel], **options: Any) -> BatchedTask: ...
+@overload
+def batched(app: Celery, **options: Any) -> Callable[[F], BatchedTask]: ...
+
+
+def batched(
+    app: Celery,
+    *,
+    max_batch_size: int = 64,
+    max_wait: float = 0.0,
+    queue: str | None = None,
+    name: str | None = None,
+    model: type[ManagedModel] | None = None,
+    model_options: dict[str, Any] | None = None,
+    max_sample_bytes: int | None = DEFAULT_MAX_SAMPLE_BYTES,
+    **task_options: Any,
+) -> Any:
+    """Declare a batched task on ``app``.
+
+    As a decorator, the function receives a list of samples and returns a list
+    of results in the same order. With ``model=`` (a :class:`ManagedModel`
+    subclass) the task is returned directly and the model is built in each
+    worker process that serves it. ``queue`` defaults to the task's name.
+    Other keyword arguments are Celery task options (``ignore_result``, ...).
+    Options are checked here, at declaration, not when the first task runs.
+    """
+    policy = FlushPolicy(max_batch_size=max_batch_size, max_wait=max_wait)
+    _check_task_options(task_options)
+    if max_sample_bytes is not None and (not isinstance(max_sample_bytes, int) or max_sample_bytes < 1):
+        raise ConfigurationError(f"max_sample_bytes must be a positive int or None, got {max_sample_bytes!r}")
+    if model is not None and not (isinstance(model, type) and issubclass(model, ManagedModel)):
+        raise ConfigurationError(f"model must be a ManagedModel subclass, got {model!r}")
+    if model_options is not None and model is None:
+        raise ConfigurationError("model_options given without model=")
+
+    from .bootstep import install  # the worker side, registered once per app
+
+    install(app)
+
+    def declare(origin: Any, function: BatchFn | None, task_name: str) -> BatchedTask:
+        base = type(
+            "BatchedTask",
+            (BatchedTask,),
+            dict(
+                batch_policy=policy,
+                batch_function=staticmethod(function) if function is not None else None,
+                model_class=model,
+                model_options=dict(model_options or {}),
+                max_sample_bytes=max_sample_bytes,
+                batch_queue=queue or task_name,
+            ),
+        )
+        return app.task(name=task_name, base=base, bind=True, **task_options)(
+            _one_sample_body(origin)
+        )
+
+    if model is not None:
+        return declare(model, None, name or f"{model.__module__}.{model.__name__}")
+
+    def decorator(function: F) -> BatchedTask:
+        if not callable(function):
+            raise ConfigurationError(f"@batched must decorate a function taking a list, got {function!r}")
+        return declare(function, function, name or f"{function.__module__}.{function.__qualname__}")
+
+    return decorator
+
+
+def _one_sample_body(origin: Any) -> Callable[..., Any]:
+    """The body Celery registers: one sample; named and documented after ``origin``."""
+
+    def run(self: BatchedTask, sample: Any) -> Any:
+        return self.run_one(sample)
+
+    run.__name__ = origin.__name__
+    run.__qualname__ = origin.__qualname__
+    run.__module__ = origin.__module__
+    run.__doc__ = origin.__doc__
+    return run
+
+
+def _check_task_options(options: dict[str, Any]) -> None:
+    unknown = sorted(key for key in options if not hasattr(Task, key))
+    if unknown:
+        raise ConfigurationError(
+            f"unknown option(s) {unknown} for a batched task; batching options are "
+            f"{sorted(_OWN_OPTIONS)} and the rest must be Celery task options"
+        )

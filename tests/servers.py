@@ -1,0 +1,138 @@
+"""Real servers for tests: a private redis-server and ``celery worker`` subprocesses.
+
+Everything started here runs on loopback, on a free port, and is stopped by
+the PID we started; nothing else on the machine is touched.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import redis
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_until(condition: Callable[[], object], timeout: float, what: str, interval: float = 0.05) -> object:
+    """Poll ``condition`` until it returns something truthy, or fail naming ``what``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+class RedisServer:
+    """A private redis-server on a free loopback port."""
+
+    def __init__(self, port: int | None = None, password: str | None = None, appendonly: bool = False) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise RuntimeError("redis-server is not installed: run scripts/setup.sh (apt-get install redis-server)")
+        self.port = port or free_port()
+        self.password = password
+        self.dir = tempfile.mkdtemp(prefix="cb-redis-")
+        self.args = [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", self.dir,
+                     "--save", "", "--appendonly", "yes" if appendonly else "no", "--loglevel", "warning"]
+        if password:
+            self.args += ["--requirepass", password]
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def url(self, db: int = 0) -> str:
+        auth = f":{self.password}@" if self.password else ""
+        return f"redis://{auth}127.0.0.1:{self.port}/{db}"
+
+    def client(self, db: int = 0) -> redis.Redis:
+        return redis.Redis.from_url(self.url(db))
+
+    def start(self) -> RedisServer:
+        self.process = subprocess.Popen(self.args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        wait_until(self._pings, 10, f"redis-server on port {self.port}")
+        return self
+
+    def _pings(self) -> bool:
+        if self.process is not None and self.process.poll() is not None:
+            raise RuntimeError(f"redis-server exited: {self.process.stderr.read().decode()}")
+        try:
+            return bool(self.client().ping())
+        except redis.RedisError:
+            return False
+
+    def stop(self, kill: bool = False) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
+            self.process.wait(10)
+        self.process = None
+
+    def cleanup(self) -> None:
+        self.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class Worker:
+    """A real ``celery -A module worker`` subprocess."""
+
+    def __init__(self, app_module: str, broker_url: str, *args: str, name: str | None = None,
+                 env: dict[str, str] | None = None) -> None:
+        self.name = name or f"w{free_port()}@localhost"
+        self.log_path = Path(tempfile.mkstemp(prefix="cb-worker-", suffix=".log")[1])
+        self.env = {
+            **os.environ,
+            "CB_TEST_BROKER": broker_url,
+            "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+            "PYTHONUNBUFFERED": "1",
+            **(env or {}),
+        }
+        self.argv = [sys.executable, "-m", "celery", "-A", app_module, "worker", "--pool", "solo",
+                     "--loglevel", "INFO", "-n", self.name, "--without-mingle", "--without-gossip", *args]
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 60) -> Worker:
+        log = self.log_path.open("wb")
+        self.process = subprocess.Popen(self.argv, stdout=log, stderr=subprocess.STDOUT, env=self.env,
+                                        cwd=ROOT)
+        wait_until(self._ready, timeout, f"worker {self.name} to be ready; log:\n{self.log_path}")
+        return self
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def _ready(self) -> bool:
+        if self.process is not None and self.process.poll() is not None:
+            raise RuntimeError(f"worker {self.name} exited with {self.process.returncode}:\n{self.log()}")
+        return " ready." in self.log()
+
+    def signal(self, signum: int) -> None:
+        assert self.process is not None
+        self.process.send_signal(signum)
+
+    def wait(self, timeout: float = 30) -> int:
+        assert self.process is not None
+        return self.process.wait(timeout)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(10)
