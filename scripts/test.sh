@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# Sets up everything (scripts/setup.sh) and runs the whole test suite.
+# Tests start their own private redis-server, workers, Django and Flower on loopback.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
+exec .venv/bin/python -m pytest "$@"
