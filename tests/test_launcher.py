@@ -5,16 +5,30 @@ real redis-server, killed and restarted, stopped with SIGTERM.
 
 from __future__ import annotations
 
+import importlib
+import os
+import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Sequence
 
 import pytest
 
+from celery_batching import gather, submit_many
 from celery_batching.cli import WORKERS_OPTIONS, add_options
 from celery_batching.devices import plan_workers
 from celery_batching.errors import ConfigurationError
-from celery_batching.launcher import RestartPolicy, restart_delay, with_device, worker_command, worker_env
+from celery_batching.launcher import (
+    RestartPolicy,
+    describe_exit,
+    restart_delay,
+    with_device,
+    worker_command,
+    worker_env,
+)
+from tests.servers import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent  # the repository; the CLI runs from here
 
@@ -129,3 +143,160 @@ def test_workers_rejects_bad_options(args, message):
     assert result.returncode == 2
     assert message in result.stderr
     assert result.stdout == ""
+
+
+@pytest.mark.parametrize(
+    "returncode, text",
+    [(0, "exited with code 0"), (1, "exited with code 1"), (-9, "was killed by SIGKILL"), (-15, "was killed by SIGTERM")],
+)
+def test_describe_exit(returncode, text):
+    assert describe_exit(returncode) == text
+
+
+# -- the real launcher: worker processes against a real redis-server -------------
+
+READY = re.compile(r"\] (\S+@\S+) ready\.")  # Celery's "node ready." log line
+STARTED = re.compile(r"started worker (\S+) pid (\d+)")  # the launcher's log line
+
+
+class Launcher:
+    """``python -m celery_batching workers -A tests.apps.device_app ...`` as a subprocess."""
+
+    def __init__(self, broker_url: str, args: Sequence[str], tmp_path: Path) -> None:
+        self.log_path = tmp_path / "launcher.log"
+        env = {
+            **os.environ,
+            "CB_TEST_BROKER": broker_url,
+            "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+            "PYTHONUNBUFFERED": "1",
+        }
+        argv = [sys.executable, "-m", "celery_batching", "workers", "-A", "tests.apps.device_app"]
+        argv += [*args, "--shutdown-timeout", "30", "--", "--without-mingle", "--without-gossip"]
+        with self.log_path.open("wb") as log:
+            self.process = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def started(self) -> list[tuple[str, int]]:
+        """(node name, pid) of every worker process the launcher started, in order."""
+        return [(name, int(pid)) for name, pid in STARTED.findall(self.log())]
+
+    def wait_ready(self, count: int, timeout: float = 90) -> list[str]:
+        """Wait until ``count`` "ready." lines were logged; return their node names."""
+
+        def ready() -> list[str] | None:
+            assert self.process.poll() is None, f"launcher exited early:\n{self.log()}"
+            nodes = READY.findall(self.log())
+            return nodes if len(nodes) >= count else None
+
+        return wait_until(ready, timeout, f"{count} workers ready; log:\n{self.log_path}")
+
+    def stop(self) -> None:
+        """Teardown: SIGTERM, and if that fails, kill it and the workers it logged."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(60)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(10)
+        for _, pid in self.started():
+            if _alive(pid) and b"device_app" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                os.kill(pid, signal.SIGKILL)
+
+
+def _alive(pid: int) -> bool:
+    """True while ``pid`` runs (a zombie, already dead, counts as gone)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1][0] != "Z"
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+
+
+@pytest.fixture
+def launch(redis_url, app_module_env, tmp_path):
+    """Start the launcher with extra options; stopped after the test."""
+    started: list[Launcher] = []
+
+    def start(*args: str) -> Launcher:
+        launcher = Launcher(redis_url, args, tmp_path)
+        started.append(launcher)
+        return launcher
+
+    yield start
+    for launcher in started:
+        launcher.stop()
+
+
+@pytest.fixture
+def device_app(app_module_env):
+    return importlib.import_module("tests.apps.device_app")
+
+
+def _answers_from_every_node(device_app, nodes: set[str], timeout: float = 60) -> dict[str, dict]:
+    """Send probes until every node in ``nodes`` answered; return one answer per node."""
+    seen: dict[str, dict] = {}
+
+    def all_answered() -> bool:
+        for answer in gather(submit_many(device_app.probe, range(2 * len(nodes))), timeout=30):
+            seen.setdefault(answer["node"], answer)
+        return set(seen) >= nodes
+
+    wait_until(all_answered, timeout, f"answers from {sorted(nodes)}; got {sorted(seen)}")
+    return seen
+
+
+@pytest.mark.slow
+def test_cpu_workers_each_report_the_device_they_were_given(launch, device_app):
+    # Given the launcher with two CPU workers and the shared worker settings
+    launcher = launch("--cpu", "2", "--config", "worker_configs.common")
+    nodes = set(launcher.wait_ready(2))
+    # When probes are sent until both workers answered
+    answers = _answers_from_every_node(device_app, nodes)
+    # Then each is a distinct cpu-N node on the CPU, no GPU visible, threads split between them
+    assert {name.split("@")[0] for name in answers} == {"cpu-0", "cpu-1"}
+    assert len({answer["pid"] for answer in answers.values()}) == 2
+    for answer in answers.values():
+        assert (answer["device"], answer["cuda_visible_devices"]) == ("cpu", "")
+        assert answer["omp_num_threads"] == answer["batching_threads"]
+    # And the workers' log lines carry their node names (worker_configs.common's format)
+    assert all(f"INFO/{node}]" in launcher.log() for node in nodes)
+
+
+@pytest.mark.slow
+def test_gpu_plan_pins_each_worker_to_its_gpu(launch, device_app):
+    # Given a two-GPU plan rehearsed on the CPU (--device cpu keeps the pinning)
+    launcher = launch("--gpus", "0,1", "--device", "cpu")
+    nodes = set(launcher.wait_ready(2))
+    # When both workers answered
+    answers = _answers_from_every_node(device_app, nodes)
+    # Then the worker named after GPU N sees exactly GPU N (GPU 0 included) and uses the forced device
+    pinned = {name.split("@")[0]: answer["cuda_visible_devices"] for name, answer in answers.items()}
+    assert pinned == {"gpu0-0": "0", "gpu1-0": "1"}
+    assert {answer["device"] for answer in answers.values()} == {"cpu"}
+
+
+@pytest.mark.slow
+def test_killed_worker_is_restarted_and_sigterm_stops_everything(launch, device_app):
+    # Given two CPU workers
+    launcher = launch("--cpu", "2")
+    launcher.wait_ready(2)
+    victim_name, victim_pid = launcher.started()[0]
+    # When one of them is killed with SIGKILL
+    os.kill(victim_pid, signal.SIGKILL)
+    # Then the launcher starts a new process under the same node name, which serves again
+    wait_until(lambda: len(launcher.started()) == 3, 60, f"a restart; log:\n{launcher.log_path}")
+    restarted_name, restarted_pid = launcher.started()[2]
+    assert (restarted_name, restarted_pid != victim_pid) == (victim_name, True)
+    assert f"(pid {victim_pid}) was killed by SIGKILL; restarting in" in launcher.log()
+    host = launcher.wait_ready(3)[0].split("@", 1)[1]
+    victim_node = victim_name.replace("%h", host)
+    assert _answers_from_every_node(device_app, {victim_node})[victim_node]["pid"] == restarted_pid
+    # When the launcher gets SIGTERM
+    children = [pid for _, pid in launcher.started()[1:]]
+    launcher.process.send_signal(signal.SIGTERM)
+    # Then it stops every worker and exits 0
+    assert launcher.process.wait(60) == 0
+    assert not [pid for pid in children if _alive(pid)]
+    assert "all workers stopped" in launcher.log()

@@ -1,0 +1,10 @@
+"""Worker settings for a worker on GPU 2: the shared settings, pinned to GPU 2.
+
+Inside the process the GPU is ``cuda:0`` (CUDA_VISIBLE_DEVICES=2).
+"""
+
+from celery_batching.devices import pin_process as _pin_process
+
+from worker_configs.common import *  # noqa: F401,F403
+
+_pin_process(2)
