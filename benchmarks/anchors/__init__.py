@@ -1,0 +1,1 @@
+"""The anchor systems' server side: run with .venv-anchors' python (see setup_anchors.sh)."""

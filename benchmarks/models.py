@@ -1,0 +1,126 @@
+"""The bench models: the same three models behind every system compared.
+
+* ``noop`` returns its inputs: what is left is the framework's own overhead.
+* ``simgpu`` stands in for one GPU on a machine without one: under a lock per
+  process (concurrent calls in one process run one after another, as kernels
+  on one GPU do) it sleeps 10 ms + 0.2 ms per sample, releasing the GIL.
+* ``minilm`` embeds sentences with all-MiniLM-L6-v2 (torch, on the CPU unless
+  told otherwise).
+
+noop and simgpu need only the standard library, so both venvs import this
+module. Every predict call is logged by :mod:`benchmarks.trace` when the
+harness asks for it, so worker-side figures come from the model itself.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from abc import ABC, abstractmethod
+from typing import Any
+
+from . import trace
+
+# simgpu: fixed cost of one call (a kernel launch and transfer) and cost per sample.
+SIMGPU_FIXED_S = 0.010
+SIMGPU_PER_SAMPLE_S = 0.0002
+# minilm: sentences the samples are made from (varied lengths, as real traffic).
+SENTENCES = (
+    "The quick brown fox jumps over the lazy dog.",
+    "Batching many small requests keeps the accelerator busy.",
+    "How far is the nearest train station from here?",
+    "A worker drains its queue and runs one forward pass per batch.",
+)
+
+
+class BenchModel(ABC):
+    """A model the benchmark serves: ``load()`` once, then ``predict(batch)``."""
+
+    name = ""
+
+    def __init__(self, device: str = "cpu") -> None:
+        self.device = device
+        self._trace = trace.from_env()
+
+    def load(self) -> None:
+        """Do the heavy, once-per-process part (weights, warm-up)."""
+
+    def predict(self, batch: list[Any]) -> list[Any]:
+        """One output per sample, in order; logged to the trace if one is set."""
+        start = time.time()
+        outputs = self._run(batch)
+        if self._trace is not None:
+            self._trace.record(start, time.time(), len(batch))
+        return outputs
+
+    @abstractmethod
+    def _run(self, batch: list[Any]) -> list[Any]:
+        """The model itself."""
+
+    @staticmethod
+    def sample(index: int) -> Any:
+        """The ``index``-th request's input (JSON-serialisable)."""
+        return index
+
+    def check(self, sample: Any, output: Any) -> bool:
+        """Whether ``output`` is the right answer for ``sample``."""
+        return output == sample
+
+
+class NoopModel(BenchModel):
+    """Returns its inputs."""
+
+    name = "noop"
+
+    def _run(self, batch: list[Any]) -> list[Any]:
+        return list(batch)
+
+
+class SimGpuModel(BenchModel):
+    """One simulated GPU per process: a lock, a sleep that grows with the batch."""
+
+    name = "simgpu"
+    _gpu = threading.Lock()  # one per process, shared by all instances
+
+    def _run(self, batch: list[Any]) -> list[Any]:
+        with self._gpu:
+            time.sleep(SIMGPU_FIXED_S + SIMGPU_PER_SAMPLE_S * len(batch))
+        return list(batch)
+
+
+class MiniLMModel(BenchModel):
+    """all-MiniLM-L6-v2 sentence embeddings (384 floats per sentence)."""
+
+    name = "minilm"
+
+    def load(self) -> None:
+        from celery_batching.models.embeddings import MiniLMEmbedder
+
+        self._embedder = MiniLMEmbedder(device=self.device)
+        self._embedder.init_model()
+        self._run([self.sample(i) for i in range(64)])  # warm-up, not logged
+
+    def _run(self, batch: list[Any]) -> list[Any]:
+        return list(self._embedder.predict(batch))
+
+    @staticmethod
+    def sample(index: int) -> str:
+        return f"{index}: {SENTENCES[index % len(SENTENCES)]}"
+
+    def check(self, sample: Any, output: Any) -> bool:
+        return isinstance(output, list) and len(output) == 384
+
+
+MODELS: dict[str, type[BenchModel]] = {cls.name: cls for cls in (NoopModel, SimGpuModel, MiniLMModel)}
+
+
+def build(name: str, device: str = "cpu") -> BenchModel:
+    """A loaded bench model; ``name`` is one of :data:`MODELS`."""
+    try:
+        cls = MODELS[name]
+    except KeyError:
+        raise ValueError(f"unknown bench model {name!r}; choose from {sorted(MODELS)}") from None
+    model = cls(device)
+    model.load()
+    trace.mark_loaded()
+    return model
