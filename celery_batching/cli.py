@@ -4,7 +4,9 @@ A subcommand is a :class:`Subcommand`: a name, a tuple of :class:`Option`
 and a function of the parsed arguments returning the exit status. Options
 are plain data so a Django management command can add the same ones to its
 own parser (``add_options(parser, WORKERS_OPTIONS)`` in ``add_arguments``).
-Arguments after ``--`` are passed through to the underlying program.
+Arguments after ``--`` are passed through to the underlying program, as
+``args.extra`` (a Django command sets ``args.extra`` itself before calling
+the same ``run`` function).
 """
 
 from __future__ import annotations
@@ -101,7 +103,10 @@ WORKERS_OPTIONS: tuple[Option, ...] = (
     Option(("--per-gpu",), {"type": _count, "default": 1, "help": "workers per GPU (default 1)"}),
     Option(("--cpu",), {"type": _count, "metavar": "N", "help": "run N CPU workers instead of GPU workers"}),
     Option(("--queues", "-Q"), {"type": _name_list, "default": [], "help": "queues to consume, e.g. q1,q2"}),
-    Option(("--loglevel", "-l"), {"type": _loglevel, "default": "INFO", "help": "log level of the launcher and the workers"}),
+    Option(
+        ("--loglevel", "-l"),
+        {"type": _loglevel, "default": "INFO", "help": "log level of the launcher and the workers"},
+    ),
     Option(("--threads",), {"type": _count, "help": "CPU threads per worker (default: cores / workers)"}),
     Option(
         ("--device",),

@@ -147,7 +147,12 @@ def test_workers_rejects_bad_options(args, message):
 
 @pytest.mark.parametrize(
     "returncode, text",
-    [(0, "exited with code 0"), (1, "exited with code 1"), (-9, "was killed by SIGKILL"), (-15, "was killed by SIGTERM")],
+    [
+        (0, "exited with code 0"),
+        (1, "exited with code 1"),
+        (-9, "was killed by SIGKILL"),
+        (-15, "was killed by SIGTERM"),
+    ],
 )
 def test_describe_exit(returncode, text):
     assert describe_exit(returncode) == text

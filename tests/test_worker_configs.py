@@ -43,7 +43,11 @@ def _import_in_fresh_process(module: str, **env: str) -> subprocess.CompletedPro
     [
         ("worker_configs.gpu0", {}, "CUDA_VISIBLE_DEVICES='0' CELERY_BATCHING_DEVICE='cuda:0'"),
         ("worker_configs.gpu3", {}, "CUDA_VISIBLE_DEVICES='3' CELERY_BATCHING_DEVICE='cuda:0'"),
-        ("worker_configs.gpu2", {"CUDA_VISIBLE_DEVICES": "2"}, "CUDA_VISIBLE_DEVICES='2' CELERY_BATCHING_DEVICE='cuda:0'"),
+        (
+            "worker_configs.gpu2",
+            {"CUDA_VISIBLE_DEVICES": "2"},
+            "CUDA_VISIBLE_DEVICES='2' CELERY_BATCHING_DEVICE='cuda:0'",
+        ),
         ("worker_configs.cpu", {}, "CUDA_VISIBLE_DEVICES='' CELERY_BATCHING_DEVICE='cpu'"),
         ("worker_configs.common", {}, "CUDA_VISIBLE_DEVICES=None CELERY_BATCHING_DEVICE=None"),
         (
@@ -77,7 +81,8 @@ def test_settings_of_lists_only_celery_settings():
 def test_layer_onto_wins_over_config_from_object(monkeypatch):
     # Given an app configured from an object (as Django's is), which makes Celery ignore --config
     app = Celery("layered")
-    app.config_from_object({"CELERY_WORKER_PREFETCH_MULTIPLIER": 4, "CELERY_BROKER_URL": "redis://h:1/0"}, namespace="CELERY")
+    django_like = {"CELERY_WORKER_PREFETCH_MULTIPLIER": 4, "CELERY_BROKER_URL": "redis://h:1/0"}
+    app.config_from_object(django_like, namespace="CELERY")
     monkeypatch.setenv("CELERY_CONFIG_MODULE", "worker_configs.common")
     # When the worker config named by CELERY_CONFIG_MODULE is layered on
     assert layer_onto(app) == "worker_configs.common"
@@ -95,7 +100,8 @@ def test_layer_onto_without_a_module_changes_nothing(monkeypatch):
 @pytest.mark.slow
 def test_cpu_config_through_celery_config_module(redis_url, app_module_env, start_worker):
     # Given a worker started with CELERY_CONFIG_MODULE=worker_configs.cpu (what --config sets)
-    worker = start_worker("tests.apps.device_app", env={"CELERY_CONFIG_MODULE": "worker_configs.cpu"}, name="cfg@localhost")
+    env = {"CELERY_CONFIG_MODULE": "worker_configs.cpu"}
+    worker = start_worker("tests.apps.device_app", env=env, name="cfg@localhost")
     device_app = importlib.import_module("tests.apps.device_app")
     # When it answers
     answer = gather(submit_many(device_app.probe, [1]), timeout=30)[0]
