@@ -23,7 +23,7 @@ from .models import MODELS
 from .procs import REDIS_SERVER, HarnessError
 from .progress import Progress
 from .runner import WORKLOADS, Case, Sizes, run_case
-from .systems import REPO, SYSTEMS, VENVS
+from .systems import PYTHONS, REPO, SYSTEMS
 
 RESULTS = REPO / "benchmarks" / "results"
 # --quick: the same tables in a few minutes, with smaller workloads.
@@ -73,7 +73,7 @@ def plan(args: argparse.Namespace, notes: list[str]) -> list[Case]:
     for venv in missing:
         skipped = [n for n in names if SYSTEMS[n].venv == venv]
         hint = " (run: bash benchmarks/setup_anchors.sh)" if venv == "anchors" else ""
-        notes.append(f"skipped {', '.join(skipped)}: {VENVS[venv]} is missing{hint}")
+        notes.append(f"skipped {', '.join(skipped)}: {PYTHONS[venv]} is missing{hint}")
     names = [n for n in names if SYSTEMS[n].available()]
     cases = []
     for model in models:
@@ -91,8 +91,7 @@ def _versions() -> str:
               "    try: print(n, m.version(n))\n"
               "    except m.PackageNotFoundError: pass\n")
     lines = []
-    for venv, path in VENVS.items():
-        python = path / "bin" / "python"
+    for venv, python in PYTHONS.items():
         if python.exists():
             out = subprocess.run([str(python), "-c", script], capture_output=True, text=True).stdout.split("\n")
             lines.append(f"{venv} venv: " + ", ".join(line for line in out if line))
@@ -142,18 +141,28 @@ def main(argv: list[str] | None = None) -> int:
             continue
         rows.append(report.Row(case.system, case.model, case.workers, reps))
         _write_json(args.out / f"{stamp}.json", rows)
-    pngs = [f"{stamp}-throughput.png", f"{stamp}-latency.png"]
-    if rows and "saturation" in args.workloads:
-        plots.throughput_vs_workers(rows, args.out / pngs[0])
-        plots.latency_percentiles(rows, args.out / pngs[1])
-    else:
-        pngs = []
+    pngs = _plot(rows, args, stamp, notes)
     text = report.document("celery-batching benchmark", preamble(args, sizes), rows, args.workloads, notes, pngs)
     path = args.out / f"{stamp}.md"
     path.write_text(text)
     print(text)
     print(f"written: {path}", file=sys.stderr)
     return 0 if rows else 1
+
+
+def _plot(rows: list[report.Row], args: argparse.Namespace, stamp: str, notes: list[str]) -> list[str]:
+    """The PNGs, or none (with a note) without matplotlib or saturation figures."""
+    if not rows or "saturation" not in args.workloads:
+        return []
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        notes.append("plots skipped: matplotlib is not installed (pip install matplotlib)")
+        return []
+    pngs = [f"{stamp}-throughput.png", f"{stamp}-latency.png"]
+    plots.throughput_vs_workers(rows, args.out / pngs[0])
+    plots.latency_percentiles(rows, args.out / pngs[1])
+    return pngs
 
 
 def _write_json(path: Path, rows: list[report.Row]) -> None:

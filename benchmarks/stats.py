@@ -29,7 +29,7 @@ class Measurement:
 
     requests: int = 0
     failed: int = 0
-    seconds: float = math.nan
+    throughput: float = math.nan  # samples per second
     p50: float = math.nan
     p99: float = math.nan
     cpu: dict[str, float] = field(default_factory=dict)
@@ -38,15 +38,11 @@ class Measurement:
     first_error: str | None = None
 
     @property
-    def throughput(self) -> float:
-        return self.requests / self.seconds if self.seconds > 0 else math.nan
-
-    @property
     def cpu_total(self) -> float:
         return sum(self.cpu.values()) if self.cpu else math.nan
 
     def as_json(self) -> dict[str, Any]:
-        return {**asdict(self), "throughput": self.throughput}
+        return asdict(self)
 
 
 def mean_batch(calls: Sequence[Call]) -> float:
@@ -62,20 +58,32 @@ def from_records(records: Iterable[Sequence[Any]], calls: Sequence[Call]) -> Mea
     latencies = [row[1] for row in rows]
     span = max(start + latency for start, latency, _ in rows) - min(row[0] for row in rows)
     return Measurement(
-        requests=len(rows), failed=sum(1 for row in rows if not row[2]), seconds=span,
+        requests=len(rows), failed=sum(1 for row in rows if not row[2]), throughput=_rate(len(rows), span),
         p50=percentile(latencies, 50), p99=percentile(latencies, 99), mean_batch=mean_batch(calls),
     )
 
 
 def from_calls(calls: Sequence[Call]) -> Measurement:
-    """Drain figures from the model's own log: first predict start to last predict end."""
+    """Drain figures from the model's own log.
+
+    The span from one predict start to the next covers a whole cycle (predict,
+    store the results, claim the next batch), so throughput is the samples of
+    every call but the last over first start to last start. A drain of one
+    call has no cycle to measure: its figure is that call's own rate.
+    """
     if not calls:
         return Measurement()
-    return Measurement(
-        requests=sum(call.samples for call in calls),
-        seconds=max(call.end for call in calls) - min(call.start for call in calls),
-        mean_batch=mean_batch(calls),
-    )
+    ordered = sorted(calls, key=lambda call: call.start)
+    total = sum(call.samples for call in ordered)
+    if len(ordered) == 1:
+        rate = _rate(total, ordered[0].end - ordered[0].start)
+    else:
+        rate = _rate(total - ordered[-1].samples, ordered[-1].start - ordered[0].start)
+    return Measurement(requests=total, throughput=rate, mean_batch=mean_batch(ordered))
+
+
+def _rate(samples: int, seconds: float) -> float:
+    return samples / seconds if seconds > 0 else math.nan
 
 
 def cpu_per_request(before: dict[str, dict[int, float]], after: dict[str, dict[int, float]],

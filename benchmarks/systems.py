@@ -6,12 +6,14 @@ module only knows how to start their server side.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-# The venvs: the project's own, and the anchors' (benchmarks/setup_anchors.sh).
-VENVS = {"main": REPO / ".venv", "anchors": REPO / ".venv-anchors"}
+# The interpreters: the project's (the one running the harness), and the
+# anchors' venv made by benchmarks/setup_anchors.sh.
+PYTHONS = {"main": Path(sys.executable), "anchors": REPO / ".venv-anchors" / "bin" / "python"}
 # Celery worker options every Celery-based system gets: one process per model
 # (as a GPU worker runs), no cluster chatter, no per-task log lines.
 CELERY_WORKER_OPTIONS = ("--pool", "solo", "--without-gossip", "--without-mingle",
@@ -41,7 +43,7 @@ class System:
         return self.celery_app is not None or self.worker_module is not None
 
     def python(self) -> Path:
-        return VENVS[self.venv] / "bin" / "python"
+        return PYTHONS[self.venv]
 
     def available(self) -> bool:
         return self.python().exists()

@@ -43,8 +43,12 @@ class Outcome:
 
 def closed_loop(adapter: Adapter, model: BenchModel, indices: range, threads: int,
                 deadline: float, timeout: float) -> Outcome:
-    """Send ``indices`` as requests from ``threads`` threads, one in flight each."""
-    if adapter.full_batches:
+    """Send ``indices`` as requests from ``threads`` threads, one in flight each.
+
+    A ``full_batches`` system (direct) under load runs whole batches instead;
+    with one request in flight it runs ``predict([x])`` like everyone else.
+    """
+    if adapter.full_batches and threads > 1:
         return _full_batches(adapter, model, indices, deadline)
     outcome = Outcome()
     lock = threading.Lock()

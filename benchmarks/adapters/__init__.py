@@ -36,7 +36,7 @@ class Adapter(ABC):
     """
 
     #: True when the system runs full batches itself (``direct``): the
-    #: saturation workload then calls :meth:`call_batch` instead of :meth:`call`.
+    #: saturation and drain workloads then call :meth:`call_batch`.
     full_batches = False
 
     def __init__(self, model: str, device: str, workers: int, redis_url: str | None) -> None:
