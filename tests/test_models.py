@@ -156,16 +156,28 @@ def test_predict_before_init_model_is_a_load_error() -> None:
         (MiniLMEmbedder, {"max_chars": 0}, "max_chars must be an int >= 1"),
         (MiniLMEmbedder, {"max_chars": "100"}, "max_chars must be an int"),
         (MiniLMEmbedder, {"max_tokens": True}, "max_tokens must be an int"),
-        (MiniLMEmbedder, {"bucket": "yes"}, "bucket must be True or False"),
+        (MiniLMEmbedder, {"bucket": "yes"}, "bucket must be True, False or None"),
         (MiniLMEmbedder, {"dtype": "float64"}, "dtype must be one of float32, float16, bfloat16"),
         (MiniLMEmbedder, {"dtype": "float16"}, "needs a CUDA device"),
         (FillMaskModel, {"top_k": 0}, "top_k must be an int >= 1"),
         (FillMaskModel, {"topk": 3}, r"unknown option\(s\) \['topk'\]"),
+        (FillMaskModel, {"checkpoint": 123}, "checkpoint must be a directory path"),
+        (FillMaskModel, {"checkpoint": ""}, "checkpoint must be a directory path"),
+        (FillMaskModel, {"mask_token": ""}, "mask_token must be a non-empty str"),
+        (MiniLMEmbedder, {"model_dir": ["x"]}, "model_dir must be a directory path"),
     ],
 )
 def test_bad_options_fail_when_the_model_is_built(model: type, options: dict, message: str) -> None:
     with pytest.raises(ConfigurationError, match=message):
         model(device="cpu", **options)
+
+
+@pytest.mark.parametrize(
+    ("device", "bucket", "expected"),
+    [("cpu", None, True), ("cuda:0", None, False), ("cpu", False, False), ("cuda:1", True, True)],
+)
+def test_bucketing_defaults_to_on_for_cpu_and_off_for_cuda(device: str, bucket: bool | None, expected: bool) -> None:
+    assert MiniLMEmbedder(device=device, bucket=bucket).bucket is expected
 
 
 # --- fill-mask ----------------------------------------------------------------
@@ -200,7 +212,7 @@ def test_fill_mask_batch_equals_one_by_one(tiny_checkpoint: str, bucket: bool) -
 
 def test_tiny_bert_is_deterministic(tmp_path, fill_mask: FillMaskModel) -> None:
     # Given a second checkpoint built with the same seed, then it predicts exactly the same.
-    again = FillMaskModel(checkpoint=str(build_tiny_bert(tmp_path / "again")), top_k=3)
+    again = FillMaskModel(checkpoint=build_tiny_bert(tmp_path / "again"), top_k=3)
     again.init_model()
     text = ["Paris is the [MASK] of France."]
     assert again.predict(text) == fill_mask.predict(text)

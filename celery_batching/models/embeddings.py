@@ -11,12 +11,13 @@ to its longest sentence.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import ModelLoadError
 from .hf import load_pretrained, pad_rows
-from .options import TextModelOptions
+from .options import TextModelOptions, require_path
 from .text import TextModel
 
 # Embedding width of all-MiniLM-L6-v2.
@@ -39,7 +40,11 @@ class EmbedderOptions(TextModelOptions):
     """
 
     max_tokens: int = 256
-    model_dir: str | None = None
+    model_dir: str | os.PathLike[str] | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        require_path("model_dir", self.model_dir)
 
 
 class MiniLMEmbedder(TextModel[list[float]]):

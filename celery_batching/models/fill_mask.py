@@ -7,13 +7,14 @@ Softmax and top-k run only at the mask positions of the padded batch.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import InvalidSample, ModelLoadError
+from ..errors import ConfigurationError, InvalidSample, ModelLoadError
 from .hf import load_pretrained, pad_rows, token_ids
-from .options import TextModelOptions, require_int
+from .options import TextModelOptions, require_int, require_path
 from .text import TextModel
 
 # One prediction: {"token": str, "score": float}, the score a probability.
@@ -35,13 +36,16 @@ class FillMaskOptions(TextModelOptions):
     without loading weights); once loaded, the tokenizer's own mask token is used.
     """
 
-    checkpoint: str | None = None
+    checkpoint: str | os.PathLike[str] | None = None
     top_k: int = 5
     mask_token: str = "[MASK]"
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        require_path("checkpoint", self.checkpoint)
         require_int("top_k", self.top_k, minimum=1)
+        if not isinstance(self.mask_token, str) or not self.mask_token:
+            raise ConfigurationError(f"option mask_token must be a non-empty str, got {self.mask_token!r}")
 
 
 class FillMaskModel(TextModel[list[list[Candidate]]]):

@@ -9,6 +9,7 @@ loads weights.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, fields
 from typing import Any, Mapping, TypeVar
 
@@ -27,19 +28,20 @@ class TextModelOptions:
     ``max_chars`` bounds a sample before tokenisation; ``max_tokens`` is the
     tokenised length the model sees (longer input is truncated or rejected,
     per model); ``bucket`` splits each batch by length (see
-    :mod:`celery_batching.models.bucketing`); ``dtype`` is the weights' dtype.
+    :mod:`celery_batching.models.bucketing`), ``None`` meaning on for a CPU
+    and off for CUDA; ``dtype`` is the weights' dtype.
     """
 
     max_chars: int = 2000
     max_tokens: int = 512
-    bucket: bool = False
+    bucket: bool | None = None
     dtype: str = "float32"
 
     def __post_init__(self) -> None:
         require_int("max_chars", self.max_chars, minimum=1)
         require_int("max_tokens", self.max_tokens, minimum=3)
-        if not isinstance(self.bucket, bool):
-            raise ConfigurationError(f"option bucket must be True or False, got {self.bucket!r}")
+        if self.bucket is not None and not isinstance(self.bucket, bool):
+            raise ConfigurationError(f"option bucket must be True, False or None, got {self.bucket!r}")
         if self.dtype not in DTYPES:
             raise ConfigurationError(f"option dtype must be one of {', '.join(DTYPES)}; got {self.dtype!r}")
 
@@ -60,6 +62,12 @@ def parse_options(schema: type[Options], model_name: str, options: Mapping[str, 
             f"use dtype='float32' on a CPU"
         )
     return parsed
+
+
+def require_path(name: str, value: object) -> None:
+    """Raise unless ``value`` is ``None``, a non-empty str or an ``os.PathLike``."""
+    if value is not None and not (isinstance(value, str) and value) and not isinstance(value, os.PathLike):
+        raise ConfigurationError(f"option {name} must be a directory path (str), got {value!r}")
 
 
 def require_int(name: str, value: object, minimum: int) -> None:
