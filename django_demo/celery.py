@@ -1,0 +1,19 @@
+"""The demo's Celery app, configured from Django settings (``CELERY_*``).
+
+Workers and Flower start it with ``celery -A django_demo ...``; the web
+server imports it through the package. Task modules of installed apps
+(``inference/tasks.py``) are found by ``autodiscover_tasks``.
+"""
+
+import os
+
+from celery import Celery
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "django_demo.settings")
+
+app = Celery("django_demo")
+app.config_from_object("django.conf:settings", namespace="CELERY")
+app.autodiscover_tasks()
+
+# Registers the ``batched_queues`` command the web server asks workers to tell which queues have a live worker.
+from celery_batching import control  # noqa: E402,F401

@@ -1,0 +1,1 @@
+"""The demo's inference app: batched tasks, JSON API views and a page to try them."""

@@ -1,0 +1,110 @@
+"""HTTP views: the JSON API (blocking and async flavours), health, and the try-it page.
+
+``/api/*`` block a server thread while they wait (gunicorn, WSGI);
+``/api/async/*`` are the same endpoints awaiting on the event loop
+(uvicorn, ASGI). Both answer errors as ``{"error": message}``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import redis
+from django.conf import settings
+from django.core.exceptions import RequestDataTooBig
+from django.http import HttpRequest, JsonResponse
+from django.shortcuts import render
+
+from . import tasks
+from .jobs import embed_job, fill_mask_job, limits, similarity_job
+from .service import ApiError, Job, run, run_async
+from .validation import BadRequest, parse_json
+from .workers import directory
+
+Prepare = Callable[[dict[str, Any]], Job]
+View = Callable[[HttpRequest], JsonResponse]
+AsyncView = Callable[[HttpRequest], Awaitable[JsonResponse]]
+
+
+def error(status: int, message: str, **extra: Any) -> JsonResponse:
+    response = JsonResponse({"error": message, **extra}, status=status)
+    if status == 405:
+        response["Allow"] = "POST"
+    return response
+
+
+def _job(request: HttpRequest, prepare: Prepare) -> Job:
+    """The request's job, or BadRequest/ApiError before anything is sent."""
+    if request.method != "POST":
+        raise ApiError(405, f"{request.path} takes POST with a JSON body, not {request.method}")
+    try:
+        body = request.body
+    except RequestDataTooBig:
+        raise BadRequest("the request body is too large") from None
+    return prepare(parse_json(body))
+
+
+def endpoint(prepare: Prepare) -> View:
+    """A blocking JSON view running the job ``prepare`` builds."""
+
+    def view(request: HttpRequest) -> JsonResponse:
+        try:
+            return JsonResponse(run(_job(request, prepare)))
+        except BadRequest as exc:
+            return error(400, str(exc))
+        except ApiError as exc:
+            return error(exc.status, exc.message, **exc.extra)
+
+    return view
+
+
+def async_endpoint(prepare: Prepare) -> AsyncView:
+    """The same endpoint awaiting its results; holds no thread while it waits."""
+
+    async def view(request: HttpRequest) -> JsonResponse:
+        try:
+            return JsonResponse(await run_async(_job(request, prepare)))
+        except BadRequest as exc:
+            return error(400, str(exc))
+        except ApiError as exc:
+            return error(exc.status, exc.message, **exc.extra)
+
+    return view
+
+
+embed = endpoint(embed_job)
+similarity = endpoint(similarity_job)
+fill_mask = endpoint(fill_mask_job)
+embed_async = async_endpoint(embed_job)
+similarity_async = async_endpoint(similarity_job)
+fill_mask_async = async_endpoint(fill_mask_job)
+
+
+def healthz(request: HttpRequest) -> JsonResponse:
+    """Redis reachability and the live workers of each batched queue; 503 when Redis is down."""
+    client = redis.Redis.from_url(settings.REDIS_URL, socket_timeout=1.0, socket_connect_timeout=1.0)
+    try:
+        client.ping()
+        redis_state = "ok"
+    except redis.RedisError as exc:
+        redis_state = f"unreachable: {exc}"
+    finally:
+        client.close()
+    live = directory().workers()
+    body = {
+        "redis": redis_state,
+        "queues": {task.batch_queue: live.get(task.batch_queue, []) for task in (tasks.embed, tasks.fill_mask)},
+        "fill_mask_configured": bool(settings.FILL_MASK_CHECKPOINT),
+    }
+    if directory().last_error:
+        body["workers_error"] = directory().last_error
+    return JsonResponse(body, status=200 if redis_state == "ok" else 503)
+
+
+def index(request: HttpRequest) -> Any:
+    """The page to try the API in a browser."""
+    return render(request, "inference/index.html", {
+        "fill_mask_configured": bool(settings.FILL_MASK_CHECKPOINT),
+        "limits": limits(),
+    })

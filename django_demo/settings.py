@@ -1,0 +1,99 @@
+"""Settings of the demo site, all read from the environment.
+
+The same settings module configures the web server, the Celery workers and
+Flower (through ``CELERY_*``), so one set of variables describes a deployment:
+
+- ``REDIS_URL``: broker and result backend (``redis://127.0.0.1:6379/0``).
+- ``DJANGO_SECRET_KEY``: required unless ``DJANGO_DEBUG=1``.
+- ``DJANGO_DEBUG``: ``1`` for development only; off by default.
+- ``DJANGO_ALLOWED_HOSTS``: comma-separated host names (``localhost,127.0.0.1,[::1]``).
+- ``FILL_MASK_CHECKPOINT``: a local masked-LM directory (e.g. bert-base-uncased);
+  unset, the fill-mask endpoint explains how to set it.
+- ``DEMO_*``: request limits and waits, below.
+"""
+
+import os
+
+from django.core.exceptions import ImproperlyConfigured
+
+
+def env_bool(name: str, default: bool) -> bool:
+    raw = os.environ.get(name, "").strip().lower()
+    if not raw:
+        return default
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    if raw in ("0", "false", "no", "off"):
+        return False
+    raise ImproperlyConfigured(f"{name}={raw!r}: use 1/0, true/false, yes/no or on/off")
+
+
+def env_number(name: str, default: float, kind: type = float, minimum: float = 0) -> float:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = kind(raw)
+    except ValueError:
+        raise ImproperlyConfigured(f"{name}={raw!r} is not a{'n integer' if kind is int else ' number'}") from None
+    if value < minimum:
+        raise ImproperlyConfigured(f"{name}={raw} must be at least {minimum}")
+    return value
+
+
+DEBUG = env_bool("DJANGO_DEBUG", False)
+SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY", "")
+if not SECRET_KEY:
+    if not DEBUG:
+        raise ImproperlyConfigured(
+            "DJANGO_SECRET_KEY is not set; set it to a long random string "
+            "(python -c 'import secrets; print(secrets.token_urlsafe(50))'), or DJANGO_DEBUG=1 for development"
+        )
+    SECRET_KEY = "insecure-development-key-only-for-DJANGO_DEBUG"
+ALLOWED_HOSTS = [h.strip() for h in os.environ.get("DJANGO_ALLOWED_HOSTS", "localhost,127.0.0.1,[::1]").split(",") if h.strip()]
+
+INSTALLED_APPS = ["django_demo.inference"]
+# No sessions, cookies or forms: the API is JSON in, JSON out, and nothing is stored.
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+ROOT_URLCONF = "django_demo.urls"
+WSGI_APPLICATION = "django_demo.wsgi.application"
+ASGI_APPLICATION = "django_demo.asgi.application"
+TEMPLATES = [{"BACKEND": "django.template.backends.django.DjangoTemplates", "APP_DIRS": True, "OPTIONS": {}}]
+DATABASES: dict = {}
+USE_TZ = True
+SECURE_CONTENT_TYPE_NOSNIFF = True
+
+REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+CELERY_BROKER_URL = REDIS_URL
+CELERY_RESULT_BACKEND = REDIS_URL
+CELERY_TASK_SERIALIZER = "json"
+CELERY_RESULT_SERIALIZER = "json"
+CELERY_ACCEPT_CONTENT = ["json"]
+# Results are read once by the waiting view; keep them an hour for Flower and debugging.
+CELERY_RESULT_EXPIRES = 3600
+# Flower shows tasks from the moment they are sent, not only once a worker has them.
+CELERY_TASK_SEND_SENT_EVENT = True
+
+# A masked-LM checkpoint directory for /api/fill-mask; empty turns the endpoint off with a how-to.
+FILL_MASK_CHECKPOINT = os.environ.get("FILL_MASK_CHECKPOINT", "").strip()
+# Texts per request and characters per text accepted by the API.
+DEMO_MAX_TEXTS = int(env_number("DEMO_MAX_TEXTS", 32, int, minimum=1))
+DEMO_MAX_TEXT_CHARS = int(env_number("DEMO_MAX_TEXT_CHARS", 1000, int, minimum=1))
+# Seconds a view waits for its results before answering 504 and revoking the tasks.
+DEMO_RESULT_TIMEOUT = env_number("DEMO_RESULT_TIMEOUT", 10.0)
+# How often (seconds) each web process asks the workers which queues they consume,
+# how long it waits for their replies, and for how long a reply counts as alive.
+DEMO_WORKER_POLL_INTERVAL = env_number("DEMO_WORKER_POLL_INTERVAL", 2.0)
+DEMO_WORKER_REPLY_TIMEOUT = env_number("DEMO_WORKER_REPLY_TIMEOUT", 1.0)
+DEMO_WORKER_GRACE = env_number("DEMO_WORKER_GRACE", 6.0)
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "handlers": {"console": {"class": "logging.StreamHandler"}},
+    "root": {"handlers": ["console"], "level": os.environ.get("DJANGO_LOG_LEVEL", "INFO")},
+}

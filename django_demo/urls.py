@@ -1,0 +1,16 @@
+"""URL map of the demo site."""
+
+from django.urls import path
+
+from django_demo.inference import views
+
+urlpatterns = [
+    path("", views.index, name="index"),
+    path("healthz", views.healthz, name="healthz"),
+    path("api/embed", views.embed, name="embed"),
+    path("api/similarity", views.similarity, name="similarity"),
+    path("api/fill-mask", views.fill_mask, name="fill-mask"),
+    path("api/async/embed", views.embed_async, name="embed-async"),
+    path("api/async/similarity", views.similarity_async, name="similarity-async"),
+    path("api/async/fill-mask", views.fill_mask_async, name="fill-mask-async"),
+]
