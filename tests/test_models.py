@@ -263,6 +263,13 @@ def _write(path, text: str):
     return path
 
 
+def _without_mask_token(path):
+    build_tiny_bert(path)
+    config = json.loads((path / "tokenizer_config.json").read_text())
+    (path / "tokenizer_config.json").write_text(json.dumps({**config, "mask_token": None}))
+    return path
+
+
 @pytest.mark.parametrize(
     ("make_checkpoint", "message"),
     [
@@ -271,6 +278,7 @@ def _write(path, text: str):
         (lambda tmp: (tmp / "file.bin").write_bytes(b"x") and tmp / "file.bin", "is not a directory"),
         (lambda tmp: tmp, "has no config.json"),
         (lambda tmp: _write(tmp / "broken", "{not json"), "cannot load AutoModelForMaskedLM"),
+        (lambda tmp: _without_mask_token(tmp / "no-mask"), "tokenizer in .* has no mask token"),
     ],
 )
 def test_bad_checkpoint_is_a_load_error_saying_how_to_set_it(tmp_path, make_checkpoint, message: str) -> None:
