@@ -1,0 +1,102 @@
+"""Live-worker checks of the demo: 503 at once without a worker, fill-mask end to end, a stopped worker.
+
+A queue with no live worker is answered 503 before a task is sent; the
+site notices a stopped worker within its grace period.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.demo_site import demo_site, start_demo_worker, tiny_checkpoint  # noqa: F401 - fixtures
+from tests.servers import wait_until
+
+
+@pytest.mark.parametrize(
+    ("sightings", "now", "expected"),
+    [
+        ({}, 10.0, {}),
+        ({("embed", "w1"): 9.0}, 10.0, {"embed": ["w1"]}),
+        ({("embed", "w1"): 6.0}, 10.0, {}),  # older than the 3 s grace
+        ({("embed", "w1"): 7.0}, 10.0, {"embed": ["w1"]}),  # exactly at the grace
+        ({("embed", "w2"): 9.0, ("embed", "w1"): 9.5, ("fill_mask", "w1"): 1.0}, 10.0, {"embed": ["w1", "w2"]}),
+    ],
+)
+def test_live_workers_table(sightings, now, expected):
+    from django_demo.inference.workers import live_workers
+
+    assert live_workers(sightings, now, grace=3.0) == expected
+
+
+def post(client, path: str, payload):
+    return client.post(path, data=json.dumps(payload), content_type="application/json")
+
+
+@pytest.fixture
+def client(demo_site):  # noqa: F811 - the fixture
+    from django.test import Client
+
+    return Client()
+
+
+def test_fill_mask_without_a_checkpoint_says_how_to_set_it(client):
+    from django.test import override_settings
+
+    with override_settings(FILL_MASK_CHECKPOINT=""):
+        response = post(client, "/api/fill-mask", {"text": "Paris is the [MASK] of France."})
+    assert response.status_code == 503
+    error = response.json()["error"]
+    assert "fill-mask is not configured: set FILL_MASK_CHECKPOINT" in error
+    assert "-Q fill_mask" in error
+
+
+def test_no_worker_for_the_queue_is_503_and_nothing_is_sent(client, redis_server):
+    # Given no worker serves fill_mask (and the site has polled the workers once)
+    from django_demo.inference.workers import directory
+
+    directory().workers()
+    before = redis_server.client(0).llen("fill_mask")
+
+    # When a valid request comes
+    response = post(client, "/api/fill-mask", {"text": "I [MASK] you."})
+
+    # Then it is a 503 naming the queue and the command to start a worker, and the queue is untouched
+    assert response.status_code == 503, response.content
+    assert "no live worker serves the 'fill_mask' queue" in response.json()["error"]
+    assert "celery -A django_demo worker" in response.json()["error"]
+    assert redis_server.client(0).llen("fill_mask") == before
+
+
+def test_fill_mask_runs_on_a_worker_and_a_stopped_worker_gives_503(client, redis_server, tiny_checkpoint):  # noqa: F811
+    from django_demo.celery import app
+    from django_demo.inference.workers import directory
+
+    from celery_batching.control import serving_workers
+
+    # Given a worker serving fill_mask with the tiny checkpoint, seen by the site
+    worker = start_demo_worker(redis_server, tiny_checkpoint, "fill_mask")
+    try:
+        assert serving_workers(app, timeout=1.0) == {"fill_mask": [worker.name]}
+        wait_until(lambda: directory().workers().get("fill_mask"), 10, "the site to see the fill_mask worker")
+
+        # When one text and a list are sent
+        one = post(client, "/api/fill-mask", {"text": "Paris is the [MASK] of France."})
+        many = post(client, "/api/fill-mask", {"texts": ["a [MASK] b", "[MASK] and [MASK]"]})
+
+        # Then each [MASK] gets its top 5 candidates
+        assert one.status_code == 200, one.content
+        (candidates,) = one.json()["masks"]
+        assert len(candidates) == 5 and set(candidates[0]) == {"token", "score"}
+        assert many.status_code == 200, many.content
+        assert [len(r["masks"]) for r in many.json()["results"]] == [1, 2]
+    finally:
+        # When the worker stops
+        worker.stop()
+
+    # Then, once its grace period has passed, the site no longer counts it, and answers 503
+    wait_until(lambda: not directory().workers().get("fill_mask"), 30, "the site to notice the stopped worker")
+    response = post(client, "/api/fill-mask", {"text": "a [MASK]"})
+    assert response.status_code == 503
+    assert "no live worker serves the 'fill_mask' queue" in response.json()["error"]
