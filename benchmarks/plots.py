@@ -18,38 +18,49 @@ def _pyplot():
     return plt
 
 
-def throughput_vs_workers(rows: Sequence[Row], path: Path) -> None:
-    """Saturation samples/s per worker count, one panel per model; fixed systems as flat lines."""
+def throughput_vs_workers(rows: Sequence[Row], path: Path, workloads: Sequence[str]) -> None:
+    """samples/s per worker count: a row of panels per workload (saturation, drain), a column per model.
+
+    Systems without a worker count are flat lines (direct dashed, black).
+    """
     plt = _pyplot()
     models = list(dict.fromkeys(row.model for row in rows))
-    fig, axes = plt.subplots(1, len(models), figsize=(6 * len(models), 4.5), squeeze=False)
-    for ax, model in zip(axes[0], models):
-        mine = [row for row in rows if row.model == model]
-        counts = sorted({row.workers for row in mine if row.system.scalable}) or [1]
-        for name in dict.fromkeys(row.system.name for row in mine):
-            series = sorted((row for row in mine if row.system.name == name), key=lambda row: row.workers)
-            spreads = [row.spread("saturation", "throughput") for row in series]
-            if all(math.isnan(s.median) for s in spreads):
-                continue
-            label = series[0].system.label
-            if len(series) == 1 and not series[0].system.scalable:
-                ax.axhline(spreads[0].median, linestyle="--" if name == "direct" else ":", linewidth=1.2,
-                           label=label, color="black" if name == "direct" else None)
-                continue
-            xs = [row.workers for row in series]
-            ax.errorbar(xs, [s.median for s in spreads],
-                        yerr=[[s.median - s.low for s in spreads], [s.high - s.median for s in spreads]],
-                        marker="o", capsize=3, label=label)
-        ax.set_xticks(counts)
-        ax.set_xlabel("workers")
-        ax.set_ylabel("samples/s (saturation)")
-        ax.set_yscale("log")
-        ax.set_title(model)
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=7)
+    shown = [w for w in ("saturation", "drain") if w in workloads]
+    fig, axes = plt.subplots(len(shown), len(models), figsize=(6 * len(models), 4.5 * len(shown)), squeeze=False)
+    names = list(dict.fromkeys(row.system.name for row in rows))
+    colours = {name: f"C{i % 10}" for i, name in enumerate(names)}
+    colours["direct"] = "black"
+    for r, workload in enumerate(shown):
+        for ax, model in zip(axes[r], models):
+            mine = [row for row in rows if row.model == model]
+            for name in dict.fromkeys(row.system.name for row in mine):
+                _plot_system(ax, [row for row in mine if row.system.name == name], workload, colours[name])
+            ax.set_xticks(sorted({row.workers for row in mine if row.system.scalable}) or [1])
+            ax.set_xlabel("workers")
+            ax.set_ylabel(f"samples/s ({workload})")
+            ax.set_yscale("log")
+            ax.set_title(f"{model}: {workload}")
+            ax.grid(True, which="both", alpha=0.3)
+            ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def _plot_system(ax, series: list[Row], workload: str, colour: str) -> None:
+    """One system's medians with min–max bars, or a flat line when it has no worker count."""
+    series.sort(key=lambda row: row.workers)
+    spreads = [row.spread(workload, "throughput") for row in series]
+    if all(math.isnan(s.median) for s in spreads):
+        return
+    label = series[0].system.label
+    if not series[0].system.scalable:
+        ax.axhline(spreads[0].median, linestyle="--" if colour == "black" else ":", linewidth=1.4,
+                   label=label, color=colour)
+        return
+    ax.errorbar([row.workers for row in series], [s.median for s in spreads],
+                yerr=[[s.median - s.low for s in spreads], [s.high - s.median for s in spreads]],
+                marker="o", capsize=3, label=label, color=colour)
 
 
 def latency_percentiles(rows: Sequence[Row], path: Path) -> None:

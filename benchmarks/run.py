@@ -160,7 +160,7 @@ def _plot(rows: list[report.Row], args: argparse.Namespace, stamp: str, notes: l
         notes.append("plots skipped: matplotlib is not installed (pip install matplotlib)")
         return []
     pngs = [f"{stamp}-throughput.png", f"{stamp}-latency.png"]
-    plots.throughput_vs_workers(rows, args.out / pngs[0])
+    plots.throughput_vs_workers(rows, args.out / pngs[0], args.workloads)
     plots.latency_percentiles(rows, args.out / pngs[1])
     return pngs
 

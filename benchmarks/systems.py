@@ -6,14 +6,18 @@ module only knows how to start their server side.
 
 from __future__ import annotations
 
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 # The interpreters: the project's (the one running the harness), and the
-# anchors' venv made by benchmarks/setup_anchors.sh.
-PYTHONS = {"main": Path(sys.executable), "anchors": REPO / ".venv-anchors" / "bin" / "python"}
+# anchors' venv made by benchmarks/setup_anchors.sh ($BENCH_ANCHORS_PYTHON overrides it).
+PYTHONS = {
+    "main": Path(sys.executable),
+    "anchors": Path(os.environ.get("BENCH_ANCHORS_PYTHON", REPO / ".venv-anchors" / "bin" / "python")),
+}
 # Celery worker options every Celery-based system gets: one process per model
 # (as a GPU worker runs), no cluster chatter, no per-task log lines.
 CELERY_WORKER_OPTIONS = ("--pool", "solo", "--without-gossip", "--without-mingle",
