@@ -8,11 +8,15 @@ Celery client) against the session's private Redis; workers are real
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 
 import pytest
 
-from tests.servers import RedisServer, Worker
+from tests.servers import ROOT, RedisServer, Worker, free_port, wait_until
 
 # Fast worker polling, so a stopped worker is noticed within seconds.
 SITE_ENV = {
@@ -63,3 +67,39 @@ def embed_worker(redis_server: RedisServer, tiny_checkpoint: str, demo_site: dic
     worker = start_demo_worker(redis_server, tiny_checkpoint, "embed")
     yield worker
     worker.stop()
+
+
+class WebServer:
+    """The demo site under gunicorn (as deployed), on a free loopback port."""
+
+    def __init__(self, env: dict[str, str], log_path: str) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = log_path
+        argv = [sys.executable, "-m", "gunicorn", "django_demo.wsgi", "--bind", f"127.0.0.1:{self.port}",
+                "--workers", "1", "--threads", "4"]
+        with open(log_path, "wb") as log:
+            self.process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
+                                            env={**os.environ, **env, "PYTHONPATH": str(ROOT)})
+
+    def start(self) -> WebServer:
+        wait_until(self._answers, 30, f"gunicorn on port {self.port}; log: {self.log_path}")
+        return self
+
+    def _answers(self) -> bool:
+        if self.process.poll() is not None:
+            raise RuntimeError(f"gunicorn exited with {self.process.returncode}: {open(self.log_path).read()}")
+        try:
+            with urllib.request.urlopen(f"{self.url}/healthz", timeout=5) as response:
+                return response.status == 200
+        except (urllib.error.URLError, ConnectionError):
+            return False
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(5)
