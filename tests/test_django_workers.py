@@ -71,7 +71,7 @@ def test_no_worker_for_the_queue_is_503_and_nothing_is_sent(client, redis_server
 
 def test_fill_mask_runs_on_a_worker_and_a_stopped_worker_gives_503(client, redis_server, tiny_checkpoint):  # noqa: F811
     from django_demo.celery import app
-    from django_demo.inference.workers import directory
+    from django_demo.inference.workers import WorkerDirectory, directory
 
     from celery_batching.control import serving_workers
 
@@ -79,6 +79,8 @@ def test_fill_mask_runs_on_a_worker_and_a_stopped_worker_gives_503(client, redis
     worker = start_demo_worker(redis_server, tiny_checkpoint, "fill_mask")
     try:
         assert serving_workers(app, timeout=1.0) == {"fill_mask": [worker.name]}
+        fresh = WorkerDirectory(app, interval=60.0, reply_timeout=1.0, grace=60.0)
+        assert fresh.workers() == {"fill_mask": [worker.name]}  # the first call waits for the first answers
         wait_until(lambda: directory().workers().get("fill_mask"), 10, "the site to see the fill_mask worker")
 
         # When one text and a list are sent

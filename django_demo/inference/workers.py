@@ -67,20 +67,19 @@ class WorkerDirectory:
 
     def poll(self) -> None:
         """Ask the workers once and record who serves what."""
+        error = None
         try:
             served = serving_workers(self.app, timeout=self.reply_timeout)
         except Exception as exc:  # noqa: BLE001 - the broker is down; /healthz reports it
-            self.last_error = f"{type(exc).__name__}: {exc}"
-            logger.warning("cannot ask the workers which queues they serve: %s", self.last_error)
-            return
-        finally:
-            self._polled.set()
+            served, error = {}, f"{type(exc).__name__}: {exc}"
+            logger.warning("cannot ask the workers which queues they serve: %s", error)
         now = self.clock()
         with self._lock:
-            self.last_error = None
+            self.last_error = error
             for queue, names in served.items():
                 for name in names:
                     self._sightings[(queue, name)] = now
+        self._polled.set()
 
     def _ensure_polling(self) -> None:
         # One thread per process: a server that forks after import (gunicorn --preload) gets its own.
