@@ -1,0 +1,64 @@
+"""A real worker's Prometheus endpoint counts what it served.
+
+The demo's embed worker is started with ``CELERY_BATCHING_METRICS_PORT``;
+after a known number of samples (one of them rejected) its ``/metrics``
+must show them in the batch-size histogram, the outcome counters and the
+failure counter.
+"""
+
+from __future__ import annotations
+
+import urllib.request
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from celery_batching import InvalidSample, gather, submit_many
+from tests.demo_site import demo_site, site_env, tiny_checkpoint  # noqa: F401 - fixtures
+from tests.servers import Worker, free_port, wait_until
+
+
+def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Every sample on the page, keyed by name and sorted labels."""
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def value(samples, name: str, **labels: str) -> float:
+    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+def test_worker_metrics_count_every_sample(redis_server, tiny_checkpoint, demo_site):  # noqa: F811
+    from django_demo.inference.tasks import embed
+
+    # Given an embed worker exporting metrics on a free loopback port
+    port = free_port()
+    env = {**site_env(redis_server, tiny_checkpoint),
+           "CELERY_BATCHING_METRICS_PORT": str(port), "CELERY_BATCHING_METRICS_ADDR": "127.0.0.1"}
+    worker = Worker("django_demo", redis_server.url(0), "-Q", "embed", env=env).start(120)
+    try:
+        # When 12 good samples and one the model rejects are served
+        assert len(gather(submit_many(embed, [f"sentence {i}" for i in range(12)]), timeout=60)) == 12
+        with pytest.raises(InvalidSample):
+            embed.delay("z" * 3000).get(timeout=60)
+
+        # Then the scrape counts them (the hooks run just after the results are stored)
+        def counted():
+            samples = scrape(port)
+            done = value(samples, "celery_batching_samples_total", task="embed", outcome="succeeded") == 12
+            return samples if done and value(samples, "celery_batching_samples_total", task="embed",
+                                             outcome="failed") == 1 else None
+
+        samples = wait_until(counted, 30, f"the metrics to count 13 samples; worker log: {worker.log_path}")
+        assert value(samples, "celery_batching_batch_size_sum", task="embed") == 12
+        assert 1 <= value(samples, "celery_batching_batch_size_count", task="embed") <= 12
+        assert value(samples, "celery_batching_predict_seconds_count", task="embed") == \
+            value(samples, "celery_batching_batch_size_count", task="embed")
+        assert value(samples, "celery_batching_failures_total", task="embed", exception="InvalidSample") == 1
+        assert value(samples, "celery_batching_predict_samples_per_second", task="embed") > 0
+    finally:
+        worker.stop()
