@@ -8,7 +8,6 @@ times things really happened.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -26,7 +25,6 @@ class TaskEvents:
 
     def __init__(self, app: Celery, hostname: str, enabled: bool) -> None:
         self.enabled = enabled
-        self.pid = os.getpid()
         self._dispatcher = None
         if enabled:
             self._connection = app.connection_for_write()
@@ -59,7 +57,8 @@ class TaskEvents:
                 send("task-revoked", timestamp=started, uuid=result.task_id, terminated=False,
                      signum=None, expired=str(result.value) == "expired")
                 continue
-            send("task-started", timestamp=started, uuid=result.task_id, pid=self.pid)
+            # The dispatcher stamps every event with its own (this) pid.
+            send("task-started", timestamp=started, uuid=result.task_id)
             finished = started + runtime
             if result.state == states.SUCCESS:
                 send("task-succeeded", timestamp=finished, uuid=result.task_id,
