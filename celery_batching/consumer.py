@@ -113,18 +113,25 @@ class BatchedQueueConsumer:
         self._fetcher.start()
 
     def stop(self) -> None:
-        """Warm shutdown: finish the running batch, store it, give the rest back."""
+        """Warm shutdown: finish the running batch, store it, give the rest back.
+
+        Unstarted messages go back before the running batch ends, so other
+        workers can take them at once.
+        """
         self._stopping.set()
+        self._give_back(self.batcher.stop(timeout=0))  # no batch starts from now on
         self._fetcher.join()
-        unstarted = self.batcher.stop()
-        if unstarted:
-            returned = self._retry(lambda: self.queue.give_back([r.context.claimed for r in unstarted]),
-                                   "give back unstarted messages")
-            logger.info("%s: gave %s unstarted message(s) back to the queue", self.spec.queue, returned)
+        self._give_back(self.batcher.stop())  # what the fetcher handed over meanwhile
         self._writes.put(None)
         self._writer_thread.join()
         self.events.close()
         self._connection.release()
+
+    def _give_back(self, unstarted: list[Request]) -> None:
+        if unstarted:
+            returned = self._retry(lambda: self.queue.give_back([r.context.claimed for r in unstarted]),
+                                   "give back unstarted messages")
+            logger.info("%s: gave %s unstarted message(s) back to the queue", self.spec.queue, returned)
 
     def _declare_queue(self) -> None:
         """Declare the queue with kombu so its routing exists for kombu's restore."""
