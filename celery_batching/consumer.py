@@ -21,7 +21,7 @@ import queue as queue_module
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from typing import Any
 
@@ -91,6 +91,7 @@ class BatchedQueueConsumer:
         if not hasattr(channel, "client") or not hasattr(channel, "qos"):
             raise TypeError(f"celery-batching needs a Redis broker, not {self._connection.transport_cls!r}")
         self._kombu_channel = channel
+        self._visibility_timeout = float(channel.visibility_timeout)
         self.queue = RedisQueue(channel.client, spec.queue, app.conf.broker_transport_options)
         self.decoder = MessageDecoder(spec.task_name, spec.queue, prepare_accept_content(app.conf.accept_content),
                                       spec.max_sample_bytes)
@@ -249,7 +250,7 @@ class BatchedQueueConsumer:
                 logger.exception("%s: storing a batch failed; its messages stay unacknowledged", self.spec.queue)
 
     def _write(self, done: _Done) -> None:
-        stored = self._retry(lambda: self.writer.write(done.results), "store results")
+        stored = self._retry(lambda: self.writer.write(self._guard_late(done)), "store results")
         self._retry(lambda: self.queue.ack([m.claimed.tag for m in done.messages]), "acknowledge")
         for message, result in zip(done.messages, stored):
             if result.failed and not message.task_id:
@@ -263,6 +264,18 @@ class BatchedQueueConsumer:
         failures = [r.value for r in stored if r.failed]
         call_hooks(self.hooks, "after_results", self.spec.task_name, len(stored) - len(failures),
                    len(failures), failures)
+
+    def _guard_late(self, done: _Done) -> list[TaskResult]:
+        """Results of messages held past the visibility timeout are stored only if none is there.
+
+        Such a message may have been restored and run by another worker, whose
+        result the client may already have seen: it must not be overwritten.
+        """
+        restorable_before = time.time() - self._visibility_timeout
+        return [
+            replace(result, redelivered=True) if message.claimed_at < restorable_before else result
+            for message, result in zip(done.messages, done.results)
+        ]
 
     def _retry(self, action: Callable[[], Any], what: str) -> Any:
         """Run ``action`` until Redis answers; during shutdown, only up to a deadline."""
