@@ -255,15 +255,23 @@ class BatchedQueueConsumer:
         for message, result in zip(done.messages, stored):
             if result.failed and not message.task_id:
                 logger.error("%s: dropped a message with no task id: %s", self.spec.queue, result.value)
-        announced = [(m, r) for m, r in zip(done.messages, stored) if m.task_id]
-        if announced:
-            received = [(m.received_fields, m.claimed_at) for m, _ in announced]
-            results = [r for _, r in announced]
-            self._retry(lambda: self.events.batch_done(self.spec.task_name, received, done.started,
-                                                       done.runtime, results), "send task events")
+        self._send_events(done, stored)
         failures = [r.value for r in stored if r.failed]
         call_hooks(self.hooks, "after_results", self.spec.task_name, len(stored) - len(failures),
                    len(failures), failures)
+
+    def _send_events(self, done: _Done, stored: list[TaskResult]) -> None:
+        """Task events are for observers: failing to send them is logged, never fatal."""
+        announced = [(m, r) for m, r in zip(done.messages, stored) if m.task_id]
+        if not announced:
+            return
+        received = [(m.received_fields, m.claimed_at) for m, _ in announced]
+        results = [r for _, r in announced]
+        try:
+            self._retry(lambda: self.events.batch_done(self.spec.task_name, received, done.started,
+                                                       done.runtime, results), "send task events")
+        except Exception:  # noqa: BLE001 - results are stored and acknowledged already
+            logger.exception("%s: sending the task events of a batch failed", self.spec.queue)
 
     def _guard_late(self, done: _Done) -> list[TaskResult]:
         """Results of messages held past the visibility timeout are stored only if none is there.
