@@ -11,6 +11,7 @@ unless the user enables it.
 from __future__ import annotations
 
 import base64
+import binascii
 import json
 import time
 from dataclasses import dataclass, field
@@ -22,7 +23,7 @@ from kombu.exceptions import ContentDisallowed
 from kombu.serialization import loads
 
 from .broker import Claimed
-from .errors import InvalidTaskCall, MalformedMessage, SampleTooLarge
+from .errors import BatchingError, InvalidTaskCall, MalformedMessage, SampleTooLarge
 
 # How much of an unreadable payload to quote in an error message.
 _QUOTE_BYTES = 80
@@ -97,8 +98,13 @@ class MessageDecoder:
         try:
             message.expires = _parse_expires(headers.get("expires"))
             message.sample = self._sample(headers, envelope, properties)
-        except Exception as exc:  # noqa: BLE001 - every decoding problem fails this task alone
+        except BatchingError as exc:
             message.error = exc
+        except Exception as exc:  # noqa: BLE001 - every decoding problem fails this task alone
+            message.error = MalformedMessage(
+                f"{self.task_name}: cannot decode the task message from queue {self.queue!r} "
+                f"({type(exc).__name__}: {exc})"
+            )
         return message
 
     def _sample(self, headers: dict[str, Any], envelope: dict[str, Any], properties: dict[str, Any]) -> Any:
@@ -110,7 +116,10 @@ class MessageDecoder:
             )
         raw = envelope.get("body", "")
         if properties.get("body_encoding") == "base64":
-            raw = base64.b64decode(raw)
+            try:
+                raw = base64.b64decode(raw)
+            except binascii.Error as exc:
+                raise ValueError(f"the body is not valid base64 ({exc})") from exc
         elif isinstance(raw, str):
             raw = raw.encode()
         if self.max_sample_bytes is not None and len(raw) > self.max_sample_bytes:
@@ -145,7 +154,10 @@ def _protocol1_id(envelope: dict[str, Any]) -> str | None:
 def _parse_expires(value: Any) -> datetime | None:
     if not value:
         return None
-    expires = maybe_iso8601(value)
+    try:
+        expires = maybe_iso8601(value)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"the expires header {value!r} is not an ISO 8601 date") from exc
     if expires.tzinfo is None:
         expires = expires.replace(tzinfo=timezone.utc)
     return expires
