@@ -87,7 +87,7 @@ DEMO_MAX_TEXT_CHARS = int(env_number("DEMO_MAX_TEXT_CHARS", 1000, int, minimum=1
 DEMO_RESULT_TIMEOUT = env_number("DEMO_RESULT_TIMEOUT", 10.0)
 # How often (seconds) each web process asks the workers which queues they consume,
 # how long it waits for their replies, and for how long a reply counts as alive.
-DEMO_WORKER_POLL_INTERVAL = env_number("DEMO_WORKER_POLL_INTERVAL", 2.0)
+DEMO_WORKER_POLL_INTERVAL = env_number("DEMO_WORKER_POLL_INTERVAL", 2.0, minimum=1.0)
 DEMO_WORKER_REPLY_TIMEOUT = env_number("DEMO_WORKER_REPLY_TIMEOUT", 0.5)
 DEMO_WORKER_GRACE = env_number("DEMO_WORKER_GRACE", 6.0)
 

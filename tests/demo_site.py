@@ -21,7 +21,7 @@ from tests.servers import ROOT, RedisServer, Worker, free_port, wait_until
 # Fast worker polling, so a stopped worker is noticed within seconds.
 SITE_ENV = {
     "DJANGO_SECRET_KEY": "test-only-secret-key",
-    "DEMO_WORKER_POLL_INTERVAL": "0.3",
+    "DEMO_WORKER_POLL_INTERVAL": "1.0",
     "DEMO_WORKER_REPLY_TIMEOUT": "0.5",
     "DEMO_WORKER_GRACE": "3",
     "HF_HUB_OFFLINE": "1",
@@ -29,12 +29,19 @@ SITE_ENV = {
 }
 
 
+# Session fixtures imported into several modules run once per module; these caches make them once per session.
+_checkpoint: list[str] = []
+_site_env: list[dict[str, str]] = []
+
+
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> str:
     """A tiny random BERT masked-LM, so fill-mask runs without a model hub."""
     from celery_batching.models.tiny_bert import build_tiny_bert
 
-    return str(build_tiny_bert(tmp_path_factory.mktemp("tiny-bert")))
+    if not _checkpoint:
+        _checkpoint.append(str(build_tiny_bert(tmp_path_factory.mktemp("tiny-bert"))))
+    return _checkpoint[0]
 
 
 def site_env(redis_server: RedisServer, checkpoint: str) -> dict[str, str]:
@@ -47,12 +54,14 @@ def demo_site(redis_server: RedisServer, tiny_checkpoint: str) -> dict[str, str]
     import django
     from django.test.utils import setup_test_environment
 
-    env = site_env(redis_server, tiny_checkpoint)
-    os.environ.update(env)
-    os.environ["DJANGO_SETTINGS_MODULE"] = "django_demo.settings"
-    django.setup()
-    setup_test_environment()
-    return env
+    if not _site_env:
+        env = site_env(redis_server, tiny_checkpoint)
+        os.environ.update(env)
+        os.environ["DJANGO_SETTINGS_MODULE"] = "django_demo.settings"
+        django.setup()
+        setup_test_environment()
+        _site_env.append(env)
+    return _site_env[0]
 
 
 def start_demo_worker(redis_server: RedisServer, checkpoint: str, *queues: str, events: bool = False) -> Worker:
@@ -63,8 +72,11 @@ def start_demo_worker(redis_server: RedisServer, checkpoint: str, *queues: str, 
 
 @pytest.fixture(scope="module")
 def embed_worker(redis_server: RedisServer, tiny_checkpoint: str, demo_site: dict[str, str]) -> Iterator[Worker]:
-    """One worker serving the ``embed`` queue for a whole test module."""
+    """One worker serving the ``embed`` queue for a whole test module, once this process's site sees it."""
+    from django_demo.inference.workers import directory
+
     worker = start_demo_worker(redis_server, tiny_checkpoint, "embed")
+    wait_until(lambda: worker.name in directory().workers().get("embed", []), 30, "the site to see the embed worker")
     yield worker
     worker.stop()
 

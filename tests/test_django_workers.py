@@ -70,7 +70,8 @@ def test_no_worker_for_the_queue_is_503_and_nothing_is_sent(client, redis_server
 
 
 def test_fill_mask_runs_on_a_worker_and_a_stopped_worker_gives_503(client, redis_server, tiny_checkpoint):  # noqa: F811
-    from django_demo.celery import app
+    from celery import Celery
+
     from django_demo.inference.workers import WorkerDirectory, directory
 
     from celery_batching.control import serving_workers
@@ -78,8 +79,10 @@ def test_fill_mask_runs_on_a_worker_and_a_stopped_worker_gives_503(client, redis
     # Given a worker serving fill_mask with the tiny checkpoint, seen by the site
     worker = start_demo_worker(redis_server, tiny_checkpoint, "fill_mask")
     try:
-        assert serving_workers(app, timeout=1.0) == {"fill_mask": [worker.name]}
-        fresh = WorkerDirectory(app, interval=60.0, reply_timeout=1.0, grace=60.0)
+        # (a separate app: broadcasts of one app in one process share a reply queue, and the site's poller runs)
+        probe = Celery("probe", broker=redis_server.url(0), set_as_current=False)
+        assert serving_workers(probe, timeout=1.0) == {"fill_mask": [worker.name]}
+        fresh = WorkerDirectory(probe, interval=60.0, reply_timeout=1.0, grace=60.0)
         assert fresh.workers() == {"fill_mask": [worker.name]}  # the first call waits for the first answers
         wait_until(lambda: directory().workers().get("fill_mask"), 10, "the site to see the fill_mask worker")
 

@@ -13,6 +13,7 @@ import re
 import shlex
 import subprocess
 import sys
+import urllib.error
 import urllib.request
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -219,10 +220,20 @@ def test_compose_commands_serve(stack):
         return body if body and '"embed": ["gpu0@' in body else None
 
     wait_until(worker_listed, 120, "the site to list the gpu0 worker", interval=0.5)
-    request = urllib.request.Request(f"http://127.0.0.1:{ports['web']}/api/embed", data=b'{"text": "hello"}',
-                                     headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=30) as response:
-        assert response.status == 200
+
+    # (each gunicorn process polls the workers on its own, so one may see the worker a poll later)
+    def embedded():
+        request = urllib.request.Request(f"http://127.0.0.1:{ports['web']}/api/embed", data=b'{"text": "hello"}',
+                                         headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                return response.status == 200
+        except urllib.error.HTTPError as error:
+            if error.code != 503:
+                raise
+            return False
+
+    wait_until(embedded, 30, "an embedding from the site", interval=0.5)
 
     # The worker exports its metrics, and Flower answers
     wait_until(lambda: "celery_batching_batch_size" in (get(f"http://127.0.0.1:{ports['metrics']}/metrics") or ""),

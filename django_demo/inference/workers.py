@@ -93,10 +93,11 @@ class WorkerDirectory:
         threading.Thread(target=self._run, name="worker-directory", daemon=True).start()
 
     def _run(self) -> None:
+        # A full interval between polls: kombu's Redis transport leaves the previous
+        # poll's blocking read (up to 1 s) pending, and a poll sent sooner misses its replies.
         while True:
-            started = self.clock()
             self.poll()
-            time.sleep(max(0.0, self.interval - (self.clock() - started)))
+            time.sleep(self.interval)
 
 
 _directory: WorkerDirectory | None = None
