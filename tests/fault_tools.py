@@ -1,0 +1,192 @@
+"""Instruments for fault tests: see inside Redis and the model while things break.
+
+They observe the system from outside (Redis keys, the model's record files,
+pub/sub), so what a test asserts does not depend on the code under test
+telling the truth about itself.
+"""
+
+from __future__ import annotations
+
+import base64
+import importlib.util
+import json
+import os
+import threading
+import uuid
+from collections import Counter
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import redis
+
+# Result keys of Celery's Redis backend; also the pub/sub channels results are announced on.
+RESULT_PREFIX = "celery-task-meta-"
+
+
+def load_app(module: str, broker: str, backend: str | None = None) -> ModuleType:
+    """A fresh copy of a test app module bound to ``broker`` (not the session's Redis).
+
+    The copy is not put in ``sys.modules``; its tasks must have explicit names
+    so they match the ones a worker running the real module serves.
+    """
+    spec = importlib.util.find_spec(module)
+    assert spec is not None and spec.loader is not None
+    saved = {key: os.environ.get(key) for key in ("CB_TEST_BROKER", "CB_TEST_BACKEND")}
+    os.environ["CB_TEST_BROKER"] = broker
+    os.environ["CB_TEST_BACKEND"] = backend or ""
+    try:
+        copy = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(copy)
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+    return copy
+
+
+class Gate:
+    """The test's side of ``tests.apps.faulty.pass_gate``: lets held batches through."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        directory.mkdir(parents=True, exist_ok=True)
+
+    def release(self, batches: int = 1) -> None:
+        for _ in range(batches):
+            (self.directory / f"token-{uuid.uuid4().hex}").touch()
+
+    def open(self) -> None:
+        (self.directory / "open").touch()
+
+
+class Records:
+    """What the faulty app's models saw: one entry per predict call, in order."""
+
+    def __init__(self, directory: Path) -> None:
+        self.path = directory / "batches.jsonl"
+        directory.mkdir(parents=True, exist_ok=True)
+
+    def calls(self, task: str | None = None) -> list[dict[str, Any]]:
+        if not self.path.exists():
+            return []
+        lines = self.path.read_text().splitlines()
+        entries = [json.loads(line) for line in lines if line.endswith("}")]
+        return [entry for entry in entries if task is None or entry["task"] == task]
+
+    def runs(self, task: str) -> Counter:
+        """How many predict calls each sample took part in."""
+        return Counter(sample for entry in self.calls(task) for sample in entry["batch"])
+
+
+class Broker:
+    """Reads kombu's bookkeeping for one queue straight from Redis."""
+
+    def __init__(self, client: redis.Redis, queue: str) -> None:
+        self.client = client
+        self.queue = queue
+
+    def queued(self) -> list[dict[str, Any]]:
+        return [json.loads(raw) for raw in self.client.lrange(self.queue, 0, -1)]
+
+    def unacked(self) -> dict[str, Any]:
+        """Delivery tag -> the message recorded as claimed and not yet acknowledged."""
+        return {tag.decode(): json.loads(raw)[0] for tag, raw in self.client.hgetall("unacked").items()}
+
+    def unacked_index(self) -> dict[str, float]:
+        return {tag.decode(): score for tag, score in self.client.zrange("unacked_index", 0, -1, withscores=True)}
+
+    def queued_samples(self) -> list[Any]:
+        return [sample_of(message) for message in self.queued()]
+
+    def unacked_samples(self) -> list[Any]:
+        return [sample_of(message) for message in self.unacked().values()]
+
+    def snapshot(self) -> tuple[int, int]:
+        """(queue length, unacked count) read atomically."""
+        with self.client.pipeline(transaction=True) as pipe:
+            pipe.llen(self.queue)
+            pipe.hlen("unacked")
+            queued, unacked = pipe.execute()
+        return queued, unacked
+
+
+def sample_of(message: dict[str, Any]) -> Any:
+    """The one positional argument of a JSON Celery protocol 2 message."""
+    body = json.loads(base64.b64decode(message["body"]))
+    return body[0][0]
+
+
+def task_id_of(message: dict[str, Any]) -> str:
+    return message["headers"]["id"]
+
+
+def count_results(client: redis.Redis) -> int:
+    """How many task results are stored (the backend database holds nothing else)."""
+    return int(client.dbsize())
+
+
+class Conservation:
+    """Asserts, all along a test, that no message is ever outside Redis's bookkeeping.
+
+    Every sent message must at every instant be queued, recorded as
+    unacknowledged, or have its result stored (results are stored before the
+    acknowledgement, and counted after the atomic queue/unacked snapshot, so
+    a message acknowledged in between is still counted). A claim that popped
+    a message and recorded it in a second step would show up here as a dip.
+    """
+
+    def __init__(self, broker: Broker, results: redis.Redis, total: int) -> None:
+        self.broker = broker
+        self.results = results
+        self.total = total
+        self.snapshots = 0
+        self.dips: list[tuple[int, int, int]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+
+    def __enter__(self) -> Conservation:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _watch(self) -> None:
+        while not self._stop.is_set():
+            queued, unacked = self.broker.snapshot()
+            stored = count_results(self.results)
+            self.snapshots += 1
+            if queued + unacked + stored < self.total:
+                self.dips.append((queued, unacked, stored))
+            self._stop.wait(0.005)
+
+
+class Announcements:
+    """Counts result announcements (Celery's pub/sub) per task id."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        self.counts: Counter = Counter()
+        self._pubsub = client.pubsub(ignore_subscribe_messages=True)
+        self._pubsub.psubscribe(RESULT_PREFIX + "*")
+        self._pubsub.get_message(timeout=1)  # the subscription is in place before anything is sent
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._listen, daemon=True)
+
+    def __enter__(self) -> Announcements:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._pubsub.close()
+
+    def _listen(self) -> None:
+        while not self._stop.is_set():
+            message = self._pubsub.get_message(timeout=0.1)
+            if message is not None and message["type"] == "pmessage":
+                self.counts[message["channel"].decode()[len(RESULT_PREFIX):]] += 1
