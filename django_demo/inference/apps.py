@@ -1,3 +1,5 @@
+"""App config: the inference app under its short label."""
+
 from django.apps import AppConfig
 
 

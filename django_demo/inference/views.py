@@ -13,7 +13,7 @@ from typing import Any
 import redis
 from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
-from django.http import HttpRequest, JsonResponse
+from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import render
 
 from . import tasks
@@ -102,7 +102,7 @@ def healthz(request: HttpRequest) -> JsonResponse:
     return JsonResponse(body, status=200 if redis_state == "ok" else 503)
 
 
-def index(request: HttpRequest) -> Any:
+def index(request: HttpRequest) -> HttpResponse:
     """The page to try the API in a browser."""
     return render(request, "inference/index.html", {
         "fill_mask_configured": bool(settings.FILL_MASK_CHECKPOINT),
