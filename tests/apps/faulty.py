@@ -92,3 +92,14 @@ def oom(batch: list[int]) -> list[int]:
     if len(batch) > OOM_ABOVE:
         raise torch.cuda.OutOfMemoryError(f"CUDA out of memory: batch of {len(batch)}")
     return [sample + 1 for sample in batch]
+
+
+@batched(app, name="faulty.soak", max_batch_size=32)
+def soak(batch: list[int]) -> list[int]:
+    """Doubles numbers; a negative one crashes its batch. Records only batches that succeed:
+    one record per sample per execution, however the batch was split."""
+    for sample in batch:
+        if sample < 0:
+            raise ValueError(f"poison sample {sample}")
+    record("soak", batch)
+    return [2 * sample for sample in batch]
