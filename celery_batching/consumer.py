@@ -152,12 +152,12 @@ class BatchedQueueConsumer:
                 self._stopping.wait(RETRY_PAUSE_SECONDS)
 
     def _fetch_once(self) -> None:
+        self._maybe_restore_expired()
         room = self.batcher.wait_for_room(WAIT_SLICE_SECONDS)
         if room == 0 or self._stopping.is_set():
             return
         claimed = self.queue.claim(room)
         if not claimed:
-            self._maybe_restore_expired()
             self.queue.wait(WAIT_SLICE_SECONDS)
             return
         call_hooks(self.hooks, "after_claim", self.spec.task_name, len(claimed), [None] * len(claimed))
@@ -209,7 +209,12 @@ class BatchedQueueConsumer:
         return None
 
     def _maybe_restore_expired(self) -> None:
-        """Bring back messages claimed by workers that died (kombu's visibility timeout)."""
+        """Bring back messages claimed by workers that died (kombu's visibility timeout).
+
+        On a timer, busy or not: a worker started with ``-Q`` naming only
+        batched queues has no Celery consumer to do it, and a dead worker's
+        claims must not wait for the queue to drain.
+        """
         now = time.monotonic()
         if now < self._next_restore:
             return
