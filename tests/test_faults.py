@@ -182,8 +182,11 @@ def durable_redis():
     server.cleanup()
 
 
-def test_redis_restart_mid_run_loses_nothing(durable_redis, records, tmp_path):
+@pytest.mark.parametrize("crash", [False, True], ids=["shutdown", "kill-9"])
+def test_redis_restart_mid_run_loses_nothing(durable_redis, records, crash):
     # Given a worker busy with 240 tasks on an append-only Redis, and a client waiting on them
+    # (a killed redis-server has written every acknowledged command to its append-only file: only
+    # a machine crash can lose the last second, under the default appendfsync everysec)
     app = load_app(APP, durable_redis.url(0))
     worker = Worker(APP, durable_redis.url(0), env=worker_env(records, CB_BATCH_SECONDS="0.05"))
     total = 240
@@ -193,8 +196,8 @@ def test_redis_restart_mid_run_loses_nothing(durable_redis, records, tmp_path):
             waiting = client.submit(_send_and_wait, app.work, range(total), 120)
             wait_until(lambda: count_results(durable_redis.client(1)) >= 40, 30, "a fifth of the results")
 
-            # When Redis stops, the worker notices, and Redis comes back on the same port and data
-            durable_redis.stop()
+            # When Redis stops (or dies), the worker notices, and Redis comes back on the same port and data
+            durable_redis.stop(kill=crash)
             wait_until(lambda: "Redis unavailable" in worker.log() and "Cannot connect to" in worker.log(), 30,
                        "the batched consumer and Celery's own to notice the outage")
             durable_redis.start()
@@ -403,3 +406,23 @@ def test_worker_frozen_past_the_visibility_timeout_does_not_overwrite_the_redeli
         assert [announced.counts[r.id] for r in results] == [1] * 8
     finally:
         frozen.signal(signal.SIGCONT)
+
+
+def test_dead_workers_claims_come_back_while_the_queue_is_still_busy(
+        faulty, start_worker, records, gate, broker):
+    # Given a worker killed while holding claims, and a long queue behind them
+    total = 2000
+    results = submit_many(faulty.work, range(total))
+    first = start_worker(APP, env=worker_env(records, gate))
+    wait_until(lambda: len(records.calls("work")) == 1, 30, "the first batch to start")
+    held = records.calls("work")[0]["batch"]
+    first.signal(signal.SIGKILL)
+    first.wait()
+    # When a slow worker serving only the batched queue (so Celery's own consumer restores nothing) works
+    # through the queue, with a short visibility timeout
+    start_worker(APP, "-Q", WORK, env=worker_env(records, CB_VISIBILITY_TIMEOUT=SHORT_VISIBILITY,
+                                                 CB_BATCH_SECONDS="0.2"))
+    # Then the dead worker's claims are taken back and run before the queue has drained
+    wait_until(lambda: all(results[x].ready() for x in held), 60, "the dead worker's tasks to finish")
+    assert broker.snapshot()[0] > 0, "restored while the queue was still busy, not only once it emptied"
+    assert [results[x].get(timeout=1) for x in held] == [2 * x for x in held]
