@@ -140,6 +140,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--chunk", type=int, default=500, help="tasks per submit_many")
     parser.add_argument("--fault-every", type=float, default=4.0, help="mean seconds between faults")
     parser.add_argument("--poison-rate", type=float, default=0.0005)
+    parser.add_argument("--predict-seconds", type=float, default=0.005,
+                        help="time one predict takes (so kills land mid-batch)")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--keep-logs", action="store_true")
     args = parser.parse_args(argv)
@@ -147,7 +149,8 @@ def main(argv: list[str] | None = None) -> int:
 
     record_dir = Path(tempfile.mkdtemp(prefix="cb-soak-"))
     redis_server = RedisServer().start()
-    env = {"CB_RECORD_DIR": str(record_dir), "CB_VISIBILITY_TIMEOUT": VISIBILITY_TIMEOUT}
+    env = {"CB_RECORD_DIR": str(record_dir), "CB_VISIBILITY_TIMEOUT": VISIBILITY_TIMEOUT,
+           "CB_BATCH_SECONDS": str(args.predict_seconds)}
     supervisor = Supervisor(redis_server.url(0), args.workers, env, rng)
     app = load_app(APP, redis_server.url(0))
     samples = sample_plan(args.tasks, args.poison_rate, rng)
@@ -213,7 +216,10 @@ def settle(redis_server: RedisServer, samples: list[int], record_dir: Path, anno
     """Compare what should exist with what Redis and the model's records say."""
     results = redis_server.client(1)
     stored = results.dbsize()
-    runs = Records(record_dir).runs("soak")
+    records = Records(record_dir)
+    runs = records.runs("soak")
+    starts = records.runs("soak-start")
+    near_poison = {s for call in records.calls("soak-start") if min(call["batch"]) < 0 for s in call["batch"]}
     broker = redis_server.client(0)
     return {
         "succeeded": tally.succeeded,
@@ -227,6 +233,7 @@ def settle(redis_server: RedisServer, samples: list[int], record_dir: Path, anno
         "results_stored": stored,
         "left_queued": broker.llen("faulty.soak"),
         "left_unacked": broker.hlen("unacked"),
+        "samples_started_again": sum(1 for s, count in starts.items() if count > 1 and s not in near_poison),
         "executions_beyond_first": sum(count - 1 for count in runs.values() if count > 1),
         "samples_run_more_than_once": sum(1 for count in runs.values() if count > 1),
         "announced_more_than_once": sum(1 for count in announced.counts.values() if count > 1),

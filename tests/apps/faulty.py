@@ -96,8 +96,10 @@ def oom(batch: list[int]) -> list[int]:
 
 @batched(app, name="faulty.soak", max_batch_size=32)
 def soak(batch: list[int]) -> list[int]:
-    """Doubles numbers; a negative one crashes its batch. Records only batches that succeed:
-    one record per sample per execution, however the batch was split."""
+    """Doubles numbers; a negative one crashes its batch. Records each batch as it starts
+    ('soak-start') and, once it succeeded, as done ('soak': one record per sample per execution)."""
+    record("soak-start", batch)
+    time.sleep(float(os.environ.get("CB_BATCH_SECONDS", "0")))
     for sample in batch:
         if sample < 0:
             raise ValueError(f"poison sample {sample}")
