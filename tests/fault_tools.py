@@ -119,10 +119,6 @@ def sample_of(message: dict[str, Any]) -> Any:
     return body[0][0]
 
 
-def task_id_of(message: dict[str, Any]) -> str:
-    return message["headers"]["id"]
-
-
 def count_results(client: redis.Redis) -> int:
     """How many task results are stored (the backend database holds nothing else)."""
     return int(client.dbsize())

@@ -18,7 +18,6 @@ import importlib
 import json
 import pickle
 import signal
-import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -34,8 +33,6 @@ from tests.fault_tools import (
     Records,
     count_results,
     load_app,
-    sample_of,
-    task_id_of,
 )
 from tests.servers import RedisServer, Worker, free_port, wait_until
 
