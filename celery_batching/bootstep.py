@@ -19,6 +19,7 @@ from celery.utils.text import str_to_list
 from .consumer import BatchedQueueConsumer, QueueSpec
 from .errors import ModelLoadError
 from .hooks import BatchHooks
+from .metrics import start_metrics
 from .task import BatchedTask
 
 logger = logging.getLogger(__name__)
@@ -27,6 +28,7 @@ logger = logging.getLogger(__name__)
 def install(app: Celery) -> None:
     """Register the bootstep on ``app`` (idempotent)."""
     app.steps["worker"].add(BatchingStep)
+    from . import control  # noqa: F401 - registers the batched_queues remote-control command
     celeryd_init.connect(_remember_queue_options, weak=False, dispatch_uid="celery-batching-queues")
 
 
@@ -74,6 +76,9 @@ class BatchingStep(bootsteps.StartStopStep):
 
     def start(self, worker: Any) -> None:
         hooks = worker_hooks(worker.app)
+        exporter = start_metrics(worker.app)
+        if exporter is not None:
+            hooks.append(exporter)
         for task in self.tasks:
             spec = self._spec(worker.app, task)
             consumer = BatchedQueueConsumer(worker.app, spec, worker.hostname, bool(worker.task_events), hooks)
@@ -85,6 +90,8 @@ class BatchingStep(bootsteps.StartStopStep):
             )
 
     def stop(self, worker: Any) -> None:
+        for consumer in self.consumers:
+            consumer.request_stop()  # all fetchers wind down together
         while self.consumers:
             self.consumers.pop().stop()
 

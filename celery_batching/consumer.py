@@ -32,7 +32,7 @@ from celery.worker import state as worker_state
 from kombu.serialization import prepare_accept_content
 
 from .batcher import Batcher, BatchReport, Outcome, PredictFn, Request
-from .broker import Claimed, RedisQueue
+from .broker import RedisQueue
 from .events import TaskEvents
 from .hooks import BatchHooks, call_hooks
 from .messages import MessageDecoder, TaskMessage
@@ -113,13 +113,17 @@ class BatchedQueueConsumer:
         self.batcher.start()
         self._fetcher.start()
 
+    def request_stop(self) -> None:
+        """Stop claiming; :meth:`stop` does the rest (lets a worker stop many queues at once)."""
+        self._stopping.set()
+
     def stop(self) -> None:
         """Warm shutdown: finish the running batch, store it, give the rest back.
 
         Unstarted messages go back before the running batch ends, so other
         workers can take them at once.
         """
-        self._stopping.set()
+        self.request_stop()
         self._give_back(self.batcher.stop(timeout=0))  # no batch starts from now on
         self._fetcher.join()
         self._give_back(self.batcher.stop())  # what the fetcher handed over meanwhile
