@@ -16,7 +16,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.servers import ROOT, RedisServer, Worker, free_port, wait_until
+from tests.servers import ROOT, RedisServer, Worker, free_port, wait_until, stop_process
 
 # Fast worker polling, so a stopped worker is noticed within seconds.
 SITE_ENV = {
@@ -108,10 +108,4 @@ class WebServer:
             return False
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(5)
+        stop_process(self.process, 15)

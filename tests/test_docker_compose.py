@@ -22,7 +22,7 @@ import pytest
 import redis
 import yaml
 
-from tests.servers import ROOT, free_port, wait_until
+from tests.servers import ROOT, free_port, wait_until, stop_process
 
 COMPOSE = ROOT / "docker-compose.yml"
 APP_SERVICES = ("web", "worker-gpu0", "worker-gpu1", "flower")
@@ -141,13 +141,7 @@ class Service:
         return True
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(5)
+        stop_process(self.process, 30)
 
 
 def get(url: str) -> str | None:

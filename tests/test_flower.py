@@ -19,7 +19,7 @@ import pytest
 
 from celery_batching import InvalidSample, gather, submit_many
 from tests.demo_site import demo_site, site_env, start_demo_worker, tiny_checkpoint  # noqa: F401 - fixtures
-from tests.servers import ROOT, free_port, wait_until
+from tests.servers import ROOT, free_port, wait_until, stop_process
 
 # Flower's API answers only with authentication (or FLOWER_UNAUTHENTICATED_API).
 USER, PASSWORD = "tester", "flower-test-password"
@@ -53,13 +53,7 @@ class Flower:
             return False
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(5)
+        stop_process(self.process, 15)
 
 
 @pytest.fixture
