@@ -244,7 +244,7 @@ class BatchedQueueConsumer:
             state=state,
             value=value,
             ignore_result=message.ignore_result or self.spec.ignore_result or not message.task_id,
-            redelivered=message.redelivered,
+            store_once=message.redelivered,
             group_id=message.group_id,
             parent_id=message.parent_id,
         )
@@ -290,7 +290,7 @@ class BatchedQueueConsumer:
         """
         restorable_before = time.time() - self._visibility_timeout
         return [
-            replace(result, redelivered=True) if message.claimed_at < restorable_before else result
+            replace(result, store_once=True) if message.claimed_at < restorable_before else result
             for message, result in zip(done.messages, done.results)
         ]
 

@@ -29,7 +29,8 @@ class TaskResult:
     state: str
     value: Any
     ignore_result: bool = False
-    redelivered: bool = False
+    #: Store only if no result is there yet (the message may have run elsewhere).
+    store_once: bool = False
     group_id: str | None = None
     parent_id: str | None = None
     extended: dict[str, Any] = field(default_factory=dict)
@@ -129,7 +130,7 @@ class ResultWriter:
         with backend.client.pipeline(transaction=False) as pipe:
             for result, payload in encoded:
                 key = backend.get_key_for_task(result.task_id)
-                if result.redelivered:
+                if result.store_once:
                     self._store_once(keys=[key], args=[payload, ttl], client=pipe)
                     continue
                 if ttl:
