@@ -9,14 +9,19 @@ pipeline; the results are ordinary ``AsyncResult`` s.
 from __future__ import annotations
 
 import base64
+import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 
 from celery import Task
+from celery.exceptions import TimeoutError as CeleryTimeoutError
 from celery.result import AsyncResult
 from kombu.serialization import dumps
 from kombu.utils.json import dumps as json_dumps
 from kombu.utils.uuid import uuid
+
+# How often gather() reads stored results again while it waits.
+RECHECK_SECONDS = 1.0
 
 
 def submit_many(
@@ -57,9 +62,18 @@ def gather(results: Sequence[AsyncResult], timeout: float | None = None, propaga
     """Wait for all ``results``; their values in order. Raises the first failure if ``propagate``."""
     if not results:
         return []
-    app = results[0].app
-    # A short poll interval: ResultSet's default (0.5 s) would add up to half a second.
-    return app.ResultSet(list(results)).get(timeout=timeout, propagate=propagate, interval=0.005)
+    pending = results[0].app.ResultSet(list(results))
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        # Wait in slices: each new wait reads the stored results again, which catches a result
+        # Celery's Redis client missed while it reconnected (it reads, then resubscribes).
+        left = RECHECK_SECONDS if deadline is None else min(RECHECK_SECONDS, deadline - time.monotonic())
+        try:
+            # A short poll interval: ResultSet's default (0.5 s) would add up to half a second.
+            return pending.get(timeout=max(left, 0.0), propagate=propagate, interval=0.005)
+        except CeleryTimeoutError:
+            if deadline is not None and time.monotonic() >= deadline:
+                raise
 
 
 def _envelope(task: Task, task_id: str, sample: Any, queue: str, *, expires: float | None,
