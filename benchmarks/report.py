@@ -106,8 +106,11 @@ the requests that ran. "failed" counts requests that raised or returned a wrong 
   one request, waits for its result, sends the next), from several client processes for systems
   behind Redis and from one process's threads for in-process systems. samples/s = requests / (last
   answer − first send); p50/p99 are per-request latencies seen by the client.
-* **drain**: the requests are queued first, then the workers start; samples/s is measured by the
-  model itself, from the start of its first `predict` to the end of its last: the worker side alone.
+* **drain**: `drain` requests per worker are queued first, then the workers start. For systems behind
+  Redis the queue is moved out of reach until every worker has loaded its model and answers, then
+  handed to all at once; samples/s is measured by the model itself, from that hand-over to the end of
+  its last `predict`: the worker side alone, without start-up skew. In-process systems have no
+  workers to start: for them it is samples per `predict` cycle (first start to last start).
 * **light**: one request in flight; p50/p99 latency.
 * **CPU ms/req**: CPU time (user + system) of every process during the saturation workload, divided
   by its requests: the client processes, the worker processes (with their children), and redis-server.

@@ -49,7 +49,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="worker counts for Streamer, RedisStreamer, plain Celery, celery-batches (default 1)")
     parser.add_argument("--reps", type=int, default=3, help="repetitions of each workload (default 3)")
     parser.add_argument("--saturation", type=int, help="saturation requests per repetition")
-    parser.add_argument("--drain", type=int, help="drain requests per repetition")
+    parser.add_argument("--drain", type=int, help="drain requests per worker per repetition")
     parser.add_argument("--light", type=int, help="light-load requests per repetition")
     parser.add_argument("--clients", type=int, help="client processes for systems behind Redis")
     parser.add_argument("--seconds", type=float, help="time limit of one workload")
@@ -110,7 +110,7 @@ def preamble(args: argparse.Namespace, sizes: Sizes) -> str:
         f"default max_wait=0. Celery workers: --pool solo, one process per worker.\n\n"
         f"Sizes: saturation {sizes.saturation} requests with {sizes.in_flight} in flight "
         f"({sizes.clients} client processes for systems behind Redis, else one); drain {sizes.drain} "
-        f"requests; light load {sizes.light} requests; each workload stops sending after "
+        f"requests per worker; light load {sizes.light} requests; each workload stops sending after "
         f"{sizes.seconds:g} s.\n\nVersions: {_versions()}."
     )
 

@@ -3,9 +3,15 @@
 Per case: a private redis-server, the client processes (kept for all
 repetitions), and per repetition the workloads in a fixed order:
 
-1. drain: one client sends every request while no worker runs, then the
-   workers start; throughput is the model's own log from the first predict
-   start to the last predict end, so it is the worker side alone;
+1. drain: the clients queue ``drain`` requests per worker while no worker
+   runs. Where the queue is in Redis, every list of the broker db is then
+   moved aside in one atomic step (:mod:`benchmarks.queues`), the workers
+   start, and once all have loaded their model and answer a ping the lists
+   come back in one step: all workers meet a full queue at the same instant,
+   so start-up skew (a second or more between workers) is no part of the
+   figure. Throughput is from that instant to the last predict end, read from
+   the model's own log, so it is the worker side alone. In-process systems
+   run the queue as it fills (see :func:`benchmarks.stats.from_calls`);
 2. light: one client, one request in flight;
 3. saturation: ``clients`` processes with ``in_flight`` requests in flight in all.
 
@@ -29,6 +35,7 @@ from typing import Callable
 from . import stats, trace
 from .knobs import DEVICE_ENV, MODEL_ENV, REDIS_ENV
 from .procs import Client, Group, HarnessError, RedisServer, cpu_seconds
+from .queues import HeldQueues
 from .stats import Measurement
 from .systems import REPO, System
 
@@ -41,7 +48,7 @@ class Sizes:
     """How much load each workload sends."""
 
     saturation: int = 4000     # requests
-    drain: int = 4000          # requests queued before the workers start
+    drain: int = 4000          # requests per worker queued before the workers start
     light: int = 200           # requests, one at a time
     in_flight: int = 64        # saturation: requests in flight, all clients together
     clients: int = 4           # saturation: client processes for systems behind Redis
@@ -179,8 +186,7 @@ class CaseRun:
         before = self.cpu()
         since = time.time()
         outs = []
-        for i, client in enumerate(clients):
-            share = requests // len(clients) + (1 if i < requests % len(clients) else 0)
+        for i, (client, share) in enumerate(zip(clients, _shares(requests, len(clients)))):
             out = self.dir / f"out{i}.json"
             outs.append(out)
             client.send({"cmd": "run", "requests": share, "offset": self._indices(share),
@@ -190,11 +196,7 @@ class CaseRun:
             client.expect("run", self.sizes.seconds + self.sizes.timeout + 60)
         until = time.time()
         after = self.cpu()
-        records, first_error = [], None
-        for out in outs:
-            payload = json.loads(out.read_text())
-            records += payload["records"]
-            first_error = first_error or payload["first_error"]
+        records, first_error = _read_outcomes(outs)
         measurement = stats.from_records(records, trace.window(trace.read_calls(self.trace_dir), since, until))
         measurement.cpu = stats.cpu_per_request(before, after, measurement.requests)
         measurement.capped = measurement.requests < requests
@@ -208,34 +210,64 @@ class CaseRun:
         return self.closed_loop(self.clients, self.sizes.in_flight, self.sizes.saturation)
 
     def drain(self) -> Measurement:
-        """Fill the queue, then start the workers; figures from the model's own log."""
+        """Fill the queue, then let every worker at it at once; figures from the model's own log."""
         self.stop_workers()
-        client = self.clients[0]
+        count = self.sizes.drain * self.case.workers
         since = time.time()
-        count = self.sizes.drain
-        client.send({"cmd": "fill", "requests": count, "offset": self._indices(count),
-                     "seconds": self.sizes.seconds})
-        sent = client.expect("fill", self.sizes.seconds + self.sizes.timeout + 60)["sent"]
+        clients = self.clients
+        for client, share in zip(clients, _shares(count, len(clients))):
+            client.send({"cmd": "fill", "requests": share, "offset": self._indices(share),
+                         "seconds": self.sizes.seconds})
+        sent = sum(client.expect("fill", self.sizes.seconds + self.sizes.timeout + 60)["sent"] for client in clients)
+        released = None
         if self.case.system.external_workers:
-            self.start_workers()
-        calls = self._wait_for_drain(since, sent)
-        measurement = stats.from_calls(calls)
+            released = self._start_workers_on_held_queue(sent)
+        calls = self._wait_for_drain(since if released is None else released, sent)
+        measurement = stats.from_calls(calls, released)
         if measurement.requests < sent:  # stopped at the time limit: drop what is left
             measurement.capped = True
             self.stop_workers()
             if self.redis is not None:
                 self.redis.flush()
-            client.send({"cmd": "discard"})
-            client.expect("discard", 60)
+            for client in clients:
+                client.send({"cmd": "discard"})
+                client.expect("discard", 60)
             return measurement
-        out = self.dir / "drain.json"
-        client.send({"cmd": "collect", "out": str(out)})
-        client.expect("collect", self.sizes.timeout + 60)
-        payload = json.loads(out.read_text())
-        measurement.failed = sum(1 for *_, ok in payload["records"] if not ok)
-        measurement.first_error = payload["first_error"]
+        records, first_error = self._collect(clients)
+        measurement.failed = sum(1 for *_, ok in records if not ok)
+        measurement.first_error = first_error
         measurement.capped = sent < count
         return measurement
+
+    def _start_workers_on_held_queue(self, sent: int) -> float:
+        """Start the workers with the filled queue out of their reach, hand it over once all are ready.
+
+        Returns the wall-clock time of the hand-over, from which the drain is
+        measured: start-up skew between workers is then no part of it.
+        """
+        if self.redis is None:
+            raise HarnessError(f"{self.case.system.name} has workers but no Redis to hold its queue in")
+        held = HeldQueues(self.redis.url)
+        try:
+            queued = held.hold()
+            if queued < sent:
+                raise HarnessError(f"only {queued} of {sent} drain requests were found in Redis lists")
+            self.start_workers()
+            self.wait_workers_ready()
+            released = time.time()
+            held.release()
+        finally:
+            held.close()
+        return released
+
+    def _collect(self, clients: list[Client]) -> tuple[list[list], str | None]:
+        """Every drain result, fetched and checked by the clients that sent them."""
+        outs = [self.dir / f"drain{i}.json" for i in range(len(clients))]
+        for client, out in zip(clients, outs):
+            client.send({"cmd": "collect", "out": str(out)})
+        for client in clients:
+            client.expect("collect", self.sizes.timeout + 60)
+        return _read_outcomes(outs)
 
     def _wait_for_drain(self, since: float, sent: int) -> list[trace.Call]:
         """The drain's predict calls, once all ``sent`` samples ran or its time is up."""
@@ -251,6 +283,21 @@ class CaseRun:
             if time.monotonic() > hard_deadline:
                 raise HarnessError(f"drain of {self.case} stalled at {done}/{sent} samples")
             time.sleep(0.02)
+
+
+def _read_outcomes(paths: list[Path]) -> tuple[list[list], str | None]:
+    """The records the clients wrote, all together, and the first error any saw."""
+    records, first_error = [], None
+    for path in paths:
+        payload = json.loads(path.read_text())
+        records += payload["records"]
+        first_error = first_error or payload["first_error"]
+    return records, first_error
+
+
+def _shares(requests: int, parts: int) -> list[int]:
+    """``requests`` split as evenly as can be into ``parts``."""
+    return [requests // parts + (1 if i < requests % parts else 0) for i in range(parts)]
 
 
 def _wait_for_pings(redis_url: str, names: list[str], deadline: float) -> None:

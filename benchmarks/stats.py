@@ -63,19 +63,25 @@ def from_records(records: Iterable[Sequence[Any]], calls: Sequence[Call]) -> Mea
     )
 
 
-def from_calls(calls: Sequence[Call]) -> Measurement:
+def from_calls(calls: Sequence[Call], released: float | None = None) -> Measurement:
     """Drain figures from the model's own log.
 
-    The span from one predict start to the next covers a whole cycle (predict,
-    store the results, claim the next batch), so throughput is the samples of
-    every call but the last over first start to last start. A drain of one
-    call has no cycle to measure: its figure is that call's own rate.
+    ``released``: when the queue was handed to workers that were all ready;
+    throughput is then every sample over that instant to the last predict end,
+    so waking, claiming and uneven shares between workers all count. Without
+    it (in-process systems), the span from one predict start to the next
+    covers a whole cycle (predict, store the results, claim the next batch),
+    so throughput is the samples of every call but the last over first start
+    to last start. A drain of one call has no cycle to measure: its figure is
+    that call's own rate.
     """
     if not calls:
         return Measurement()
     ordered = sorted(calls, key=lambda call: call.start)
     total = sum(call.samples for call in ordered)
-    if len(ordered) == 1:
+    if released is not None:
+        rate = _rate(total, max(call.end for call in ordered) - released)
+    elif len(ordered) == 1:
         rate = _rate(total, ordered[0].end - ordered[0].start)
     else:
         rate = _rate(total - ordered[-1].samples, ordered[-1].start - ordered[0].start)
