@@ -247,6 +247,7 @@ class BatchedQueueConsumer:
             store_once=message.redelivered,
             group_id=message.group_id,
             parent_id=message.parent_id,
+            reply_channel=message.reply_channel,
         )
 
     # -- writer ----------------------------------------------------------

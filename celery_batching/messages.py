@@ -24,6 +24,7 @@ from kombu.serialization import loads
 
 from .broker import Claimed
 from .errors import BatchingError, InvalidTaskCall, MalformedMessage, SampleTooLarge
+from .replies import REPLY_HEADER, is_reply_channel
 
 # How much of an unreadable payload to quote in an error message.
 _QUOTE_BYTES = 80
@@ -43,6 +44,8 @@ class TaskMessage:
     redelivered: bool = False
     group_id: str | None = None
     parent_id: str | None = None
+    #: The sender's reply channel (:mod:`~celery_batching.replies`), if it named a valid one.
+    reply_channel: str | None = None
     received_fields: dict[str, Any] = field(default_factory=dict)
 
     def expired(self, now: datetime) -> bool:
@@ -85,6 +88,8 @@ class MessageDecoder:
         message.group_id = headers.get("group")
         message.parent_id = headers.get("parent_id")
         message.ignore_result = bool(headers.get("ignore_result"))
+        reply_channel = headers.get(REPLY_HEADER)
+        message.reply_channel = reply_channel if is_reply_channel(reply_channel) else None
         message.received_fields = {
             "uuid": message.task_id,
             "args": headers.get("argsrepr"),

@@ -2,7 +2,8 @@
 
 Each task gets exactly the record Celery's own worker would write (same key,
 same fields, same serializer) and the same pub/sub notification, so
-``AsyncResult.get()``, ``.state`` and ``.ready()`` work unchanged. With the
+``AsyncResult.get()``, ``.state`` and ``.ready()`` work unchanged; the
+notification also goes to the sender's reply channel when it named one. With the
 Redis backend the whole batch is one pipeline; any other backend gets
 Celery's own per-task ``store_result``.
 """
@@ -33,6 +34,8 @@ class TaskResult:
     store_once: bool = False
     group_id: str | None = None
     parent_id: str | None = None
+    #: Also published here: the sender's reply channel.
+    reply_channel: str | None = None
     extended: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -131,13 +134,15 @@ class ResultWriter:
             for result, payload in encoded:
                 key = backend.get_key_for_task(result.task_id)
                 if result.store_once:
-                    self._store_once(keys=[key], args=[payload, ttl], client=pipe)
+                    self._store_once(keys=[key], args=[payload, ttl, result.reply_channel or ""], client=pipe)
                     continue
                 if ttl:
                     pipe.set(key, payload, ex=ttl)
                 else:
                     pipe.set(key, payload)
                 pipe.publish(key, payload)
+                if result.reply_channel:
+                    pipe.publish(result.reply_channel, payload)
             pipe.execute()
 
     def _write_generic(self, result: TaskResult) -> None:

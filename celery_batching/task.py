@@ -11,11 +11,14 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar, overload
 
+import redis
 from celery import Celery, Task
+from kombu.utils.uuid import uuid
 
 from .errors import ConfigurationError
 from .model import ManagedModel
 from .policy import FlushPolicy
+from .publish import can_send_fast, send_many
 
 # Largest encoded sample a worker accepts by default; bigger ones fail alone.
 DEFAULT_MAX_SAMPLE_BYTES = 1 << 20
@@ -38,8 +41,23 @@ class BatchedTask(Task):
     _local_model: ManagedModel | None = None
 
     def apply_async(self, args: Any = None, kwargs: Any = None, **options: Any) -> Any:
-        """Send to the task's batch queue unless the caller names another queue."""
+        """Send to the task's batch queue unless the caller names another queue.
+
+        Plain calls take the fast path of :mod:`~celery_batching.publish`;
+        anything it does not cover (links, countdown, signal receivers, ...)
+        goes through Celery's own ``apply_async``.
+        """
         options.setdefault("queue", self.batch_queue)
+        if can_send_fast(self, args, kwargs, options):
+            try:
+                return send_many(
+                    self, args, options["queue"], task_ids=[options.get("task_id") or uuid()],
+                    expires=options.get("expires"),
+                    ignore_result=self.ignore_result if options.get("ignore_result") is None
+                    else options["ignore_result"],
+                )[0]
+            except (redis.ConnectionError, redis.TimeoutError):
+                pass  # Celery's path retries as its publish retry policy says
         return super().apply_async(args, kwargs, **options)
 
     def run_one(self, sample: Any) -> Any:

@@ -1,0 +1,117 @@
+"""Sending batched tasks: Celery's own message, pushed straight onto the queue.
+
+``apply_async`` runs routing, publish signals and kombu's producer for every
+message, and kombu's Redis transport builds a client per publish; a task
+awaited through it also costs a SUBSCRIBE and an UNSUBSCRIBE. When none of
+that is needed (no options beyond id, expiry and result handling, nobody
+listening to the publish signals, not inside a worker's task), a batched task
+is sent as the same protocol 2 message with one LPUSH, and awaited on the
+process's reply channel (:mod:`~celery_batching.replies`).
+
+``batching_fast_client = False`` in the app's configuration turns this off:
+every call then goes through Celery unchanged.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from celery import signals
+from celery.result import AsyncResult
+from kombu.serialization import dumps
+from kombu.utils.json import dumps as json_dumps
+from kombu.utils.uuid import uuid
+
+from .replies import REPLY_HEADER, BatchedResult, ReplyHub, reply_hub
+
+if TYPE_CHECKING:
+    from .task import BatchedTask
+
+#: The app setting that turns the fast path off.
+FAST_CLIENT_SETTING = "batching_fast_client"
+# apply_async options the fast path honours; any other sends through Celery.
+FAST_OPTIONS = frozenset({"task_id", "expires", "ignore_result", "queue"})
+
+
+def can_send_fast(task: BatchedTask, args: Any, kwargs: Any, options: Mapping[str, Any]) -> bool:
+    """Whether this call may skip Celery's publish path without anyone noticing."""
+    conf = task.app.conf
+    return (
+        conf.get(FAST_CLIENT_SETTING, True)
+        and isinstance(args, (list, tuple)) and len(args) == 1 and not kwargs
+        and options.keys() <= FAST_OPTIONS
+        and not conf.task_always_eager
+        and not conf.task_send_sent_event
+        and not signals.before_task_publish.receivers
+        and not signals.after_task_publish.receivers
+        and task.app.current_worker_task is None
+    )
+
+
+def send_many(task: BatchedTask, samples: Sequence[Any], queue: str, *, task_ids: Sequence[str] | None = None,
+              expires: Any = None, ignore_result: bool = False) -> list[AsyncResult]:
+    """Push one message per sample in one round trip; their results in order."""
+    app = task.app
+    hub = reply_hub(app) if not ignore_result and app.conf.get(FAST_CLIENT_SETTING, True) else None
+    task_ids = list(task_ids) if task_ids is not None else [uuid() for _ in samples]
+    results = [_result(task, task_id, hub, ignore_result) for task_id in task_ids]
+    if hub is None and not ignore_result:
+        for task_id in task_ids:
+            app.backend.on_task_call(None, task_id)  # Celery's subscription, before anything can finish
+    payloads = [
+        envelope(task, task_id, sample, queue, expires=expires, ignore_result=ignore_result,
+                 reply_channel=hub.channel if hub else None)
+        for task_id, sample in zip(task_ids, samples)
+    ]
+    with app.producer_or_acquire() as producer:
+        client = producer.channel.client
+        if len(payloads) == 1:
+            client.lpush(queue, payloads[0])
+        else:
+            with client.pipeline(transaction=False) as pipe:
+                for payload in payloads:
+                    pipe.lpush(queue, payload)
+                pipe.execute()
+    return results
+
+
+def _result(task: BatchedTask, task_id: str, hub: ReplyHub | None, ignore_result: bool) -> AsyncResult:
+    """The result handle, its reply slot registered before anything is sent."""
+    if hub is None:
+        result = task.AsyncResult(task_id)
+    else:
+        result = BatchedResult(task_id, backend=hub.backend, task_name=task.name, app=task.app,
+                               slot=hub.expect(task_id))
+    result.ignored = ignore_result
+    return result
+
+
+def envelope(task: BatchedTask, task_id: str, sample: Any, queue: str, *, expires: Any,
+             ignore_result: bool, reply_channel: str | None = None) -> str:
+    """The kombu Redis transport's JSON envelope of one Celery protocol 2 message."""
+    message = task.app.amqp.as_task_v2(
+        task_id, task.name, (sample,), {}, expires=expires, root_id=task_id, ignore_result=ignore_result,
+    )
+    headers = message.headers
+    if reply_channel is not None:
+        headers[REPLY_HEADER] = reply_channel
+    content_type, content_encoding, body = dumps(message.body, serializer=task.serializer)
+    if isinstance(body, str):
+        body = body.encode(content_encoding or "utf-8")
+    properties = dict(message.properties)
+    properties.update(
+        delivery_mode=2,
+        delivery_info={"exchange": "", "routing_key": queue},
+        priority=0,
+        body_encoding="base64",
+        delivery_tag=uuid(),
+    )
+    return json_dumps({
+        "body": base64.b64encode(body).decode(),
+        "content-encoding": content_encoding,
+        "content-type": content_type,
+        "headers": headers,
+        "properties": properties,
+    })

@@ -1,0 +1,181 @@
+"""One reply channel per client process: results awaited without a SUBSCRIBE per task.
+
+Celery's Redis result consumer subscribes to a task's key when the task is
+sent, reads the key again when ``get()`` starts, and unsubscribes when the
+result comes: three round trips per request, which on a small machine cost
+the client more CPU than the batched worker spends on the task. A batched
+task sent by this process instead names the process's reply channel in a
+message header. The worker publishes the result there as well as on the
+task's key, so anyone else waiting on the task id still gets it, and one
+listener thread per process hands each result to its :class:`BatchedResult`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+import weakref
+from typing import Any
+
+import redis
+from celery import Celery, states
+from celery.backends.redis import RedisBackend
+from celery.exceptions import TimeoutError as CeleryTimeoutError
+from celery.result import AsyncResult, assert_will_not_block
+from kombu.utils.uuid import uuid
+
+logger = logging.getLogger(__name__)
+
+#: Message header naming the channel the worker also publishes the result on.
+REPLY_HEADER = "batching_reply_to"
+#: Every reply channel starts with this; a worker publishes to no other channel.
+CHANNEL_PREFIX = "celery-batching-reply-"
+# A wait that heard nothing for this long reads the stored result itself: a reply
+# published while the listener was reconnecting is never delivered.
+RECHECK_SECONDS = 1.0
+# How long to wait for Redis to confirm the subscription of a new channel.
+SUBSCRIBE_TIMEOUT_SECONDS = 5.0
+# Pause before the listener reconnects after losing Redis.
+RECONNECT_PAUSE_SECONDS = 0.5
+
+
+def is_reply_channel(value: Any) -> bool:
+    """Whether a header value names a reply channel (anything else is ignored)."""
+    return isinstance(value, str) and value.startswith(CHANNEL_PREFIX) and len(value) <= 100
+
+
+class ReplySlot:
+    """Where the listener leaves one task's result for its waiter."""
+
+    __slots__ = ("meta", "_arrived", "__weakref__")
+
+    def __init__(self) -> None:
+        self.meta: dict[str, Any] | None = None
+        self._arrived = threading.Event()
+
+    def fulfil(self, meta: dict[str, Any]) -> None:
+        self.meta = meta
+        self._arrived.set()
+
+    def wait(self, timeout: float) -> bool:
+        return self._arrived.wait(timeout)
+
+
+class ReplyHub:
+    """This process's reply channel and the daemon thread listening on it.
+
+    Slots are held weakly: a result nobody keeps is forgotten, so results
+    never awaited cost nothing here.
+    """
+
+    def __init__(self, backend: RedisBackend) -> None:
+        self.backend = backend
+        self.channel = CHANNEL_PREFIX + uuid()
+        self.pid = os.getpid()
+        self._slots: weakref.WeakValueDictionary[str, ReplySlot] = weakref.WeakValueDictionary()
+        self._pubsub = self._subscribe()
+        threading.Thread(target=self._listen, name="celery-batching-replies", daemon=True).start()
+
+    def expect(self, task_id: str) -> ReplySlot:
+        """A slot for ``task_id``'s result; call before the task is sent."""
+        slot = ReplySlot()
+        self._slots[task_id] = slot
+        return slot
+
+    def _subscribe(self) -> Any:
+        """A pubsub connection whose subscription Redis has confirmed."""
+        pubsub = self.backend.client.pubsub()
+        pubsub.subscribe(self.channel)
+        deadline = time.monotonic() + SUBSCRIBE_TIMEOUT_SECONDS
+        while time.monotonic() < deadline:
+            message = pubsub.get_message(timeout=deadline - time.monotonic())
+            if message is not None and message["type"] == "subscribe":
+                return pubsub
+        pubsub.close()
+        raise redis.TimeoutError(f"Redis did not confirm the subscription to {self.channel}")
+
+    def _listen(self) -> None:
+        while True:
+            try:
+                message = self._pubsub.get_message(ignore_subscribe_messages=True, timeout=RECHECK_SECONDS)
+                if message is not None and message["type"] == "message":
+                    self._deliver(message["data"])
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                logger.warning("reply channel %s lost (%s); resubscribing", self.channel, exc)
+                self._resubscribe()
+            except Exception:  # noqa: BLE001 - waiters fall back to reading results; keep listening
+                logger.exception("reply channel %s: cannot deliver a reply", self.channel)
+
+    def _resubscribe(self) -> None:
+        self._pubsub.close()
+        while True:
+            time.sleep(RECONNECT_PAUSE_SECONDS)
+            try:
+                self._pubsub = self._subscribe()
+                return
+            except (redis.ConnectionError, redis.TimeoutError):
+                continue
+
+    def _deliver(self, data: bytes) -> None:
+        meta = self.backend.decode(data)
+        slot = self._slots.get(meta.get("task_id"))
+        if slot is not None and meta.get("status") in states.READY_STATES:
+            slot.fulfil(meta)
+
+
+_hubs: weakref.WeakKeyDictionary[Celery, ReplyHub] = weakref.WeakKeyDictionary()
+_hubs_lock = threading.Lock()
+
+
+def reply_hub(app: Celery) -> ReplyHub | None:
+    """The reply hub of ``app`` in this process, or ``None`` unless results go to Redis.
+
+    A forked child gets its own hub (and channel) on first use.
+    """
+    backend = app.backend
+    if not isinstance(backend, RedisBackend):
+        return None
+    with _hubs_lock:
+        hub = _hubs.get(app)
+        if hub is None or hub.pid != os.getpid():
+            hub = _hubs[app] = ReplyHub(backend)
+        return hub
+
+
+class BatchedResult(AsyncResult):
+    """An ``AsyncResult`` awaited on its process's reply channel.
+
+    Everything but the wait is Celery's: once the reply is in, ``get`` hands
+    over to ``AsyncResult.get``, which finds the result cached. A copy made
+    elsewhere (pickled, rebuilt from the id) is a plain ``AsyncResult`` and
+    waits on the task's key as usual.
+    """
+
+    def __init__(self, id: str, backend: Any = None, task_name: str | None = None, app: Celery | None = None,
+                 parent: Any = None, *, slot: ReplySlot | None = None) -> None:
+        super().__init__(id, backend=backend, task_name=task_name, app=app, parent=parent)
+        self._slot = slot
+
+    def get(self, timeout: float | None = None, propagate: bool = True, **options: Any) -> Any:
+        if self._slot is not None and self._cache is None and not self.ignored:
+            if options.get("disable_sync_subtasks", True):
+                assert_will_not_block()
+            self._maybe_set_cache(self._await_reply(timeout))
+        return super().get(timeout=timeout, propagate=propagate, **options)
+
+    wait = get
+
+    def _await_reply(self, timeout: float | None) -> dict[str, Any]:
+        assert self._slot is not None
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            left = RECHECK_SECONDS if deadline is None else min(RECHECK_SECONDS, deadline - time.monotonic())
+            if left > 0 and self._slot.wait(left):
+                return self._slot.meta  # type: ignore[return-value]
+            meta = self.backend.get_task_meta(self.id)
+            if meta["status"] in states.READY_STATES:
+                return meta
+            if deadline is not None and time.monotonic() >= deadline:
+                raise CeleryTimeoutError("The operation timed out.")
