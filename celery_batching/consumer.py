@@ -164,8 +164,9 @@ class BatchedQueueConsumer:
         if not claimed:
             self.queue.wait(WAIT_SLICE_SECONDS)
             return
-        call_hooks(self.hooks, "after_claim", self.spec.task_name, len(claimed), [None] * len(claimed))
-        self._dispatch([self.decoder.decode(item) for item in claimed])
+        messages = [self.decoder.decode(item) for item in claimed]
+        call_hooks(self.hooks, "after_claim", self.spec.task_name, len(claimed), [m.queue_wait for m in messages])
+        self._dispatch(messages)
 
     def _dispatch(self, messages: list[TaskMessage]) -> None:
         """Send runnable messages to the batcher and the others straight to the writer."""

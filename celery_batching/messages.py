@@ -24,6 +24,7 @@ from kombu.serialization import loads
 
 from .broker import Claimed
 from .errors import BatchingError, InvalidTaskCall, MalformedMessage, SampleTooLarge
+from .publish import SENT_AT_HEADER
 from .replies import REPLY_HEADER, is_reply_channel
 
 # How much of an unreadable payload to quote in an error message.
@@ -44,12 +45,19 @@ class TaskMessage:
     redelivered: bool = False
     group_id: str | None = None
     parent_id: str | None = None
+    #: When the sender sent it (seconds since the epoch), if it said.
+    sent_at: float | None = None
     #: The sender's reply channel (:mod:`~celery_batching.replies`), if it named a valid one.
     reply_channel: str | None = None
     received_fields: dict[str, Any] = field(default_factory=dict)
 
     def expired(self, now: datetime) -> bool:
         return self.expires is not None and now >= self.expires
+
+    @property
+    def queue_wait(self) -> float | None:
+        """Seconds from send to claim, when the sender stamped its send time."""
+        return None if self.sent_at is None else self.claimed_at - self.sent_at
 
 
 class MessageDecoder:
@@ -88,6 +96,7 @@ class MessageDecoder:
         message.group_id = headers.get("group")
         message.parent_id = headers.get("parent_id")
         message.ignore_result = bool(headers.get("ignore_result"))
+        message.sent_at = _seconds(headers.get(SENT_AT_HEADER))
         reply_channel = headers.get(REPLY_HEADER)
         message.reply_channel = reply_channel if is_reply_channel(reply_channel) else None
         message.received_fields = {
@@ -154,6 +163,11 @@ def _protocol1_id(envelope: dict[str, Any]) -> str | None:
         return str(body["id"]) if isinstance(body, dict) and body.get("id") else None
     except Exception:  # noqa: BLE001 - best effort: no id means nobody to tell
         return None
+
+
+def _seconds(value: Any) -> float | None:
+    """A time stamp header's value, or ``None`` if it is not a number."""
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
 def _parse_expires(value: Any) -> datetime | None:

@@ -6,7 +6,8 @@ awaited through it also costs a SUBSCRIBE and an UNSUBSCRIBE. When none of
 that is needed (no options beyond id, expiry and result handling, nobody
 listening to the publish signals, not inside a worker's task), a batched task
 is sent as the same protocol 2 message with one LPUSH, and awaited on the
-process's reply channel (:mod:`~celery_batching.replies`).
+process's reply channel (:mod:`~celery_batching.replies`). ``task-sent``
+events, when enabled, go out in bulk (:mod:`~celery_batching.sent_events`).
 
 ``batching_fast_client = False`` in the app's configuration turns this off:
 every call then goes through Celery unchanged.
@@ -15,6 +16,7 @@ every call then goes through Celery unchanged.
 from __future__ import annotations
 
 import base64
+import time
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -25,10 +27,13 @@ from kombu.utils.json import dumps as json_dumps
 from kombu.utils.uuid import uuid
 
 from .replies import REPLY_HEADER, BatchedResult, ReplyHub, reply_hub
+from .sent_events import SentEvents, sent_events
 
 if TYPE_CHECKING:
     from .task import BatchedTask
 
+#: Message header with the send time (seconds since the epoch): the worker's queue-wait metric.
+SENT_AT_HEADER = "batching_sent_at"
 #: The app setting that turns the fast path off.
 FAST_CLIENT_SETTING = "batching_fast_client"
 # apply_async options the fast path honours; any other sends through Celery.
@@ -43,7 +48,6 @@ def can_send_fast(task: BatchedTask, args: Any, kwargs: Any, options: Mapping[st
         and isinstance(args, (list, tuple)) and len(args) == 1 and not kwargs
         and options.keys() <= FAST_OPTIONS
         and not conf.task_always_eager
-        and not conf.task_send_sent_event
         and not signals.before_task_publish.receivers
         and not signals.after_task_publish.receivers
         and task.app.current_worker_task is None
@@ -60,9 +64,10 @@ def send_many(task: BatchedTask, samples: Sequence[Any], queue: str, *, task_ids
     if hub is None and not ignore_result:
         for task_id in task_ids:
             app.backend.on_task_call(None, task_id)  # Celery's subscription, before anything can finish
+    events = sent_events.get(app) if app.conf.task_send_sent_event else None
     payloads = [
         envelope(task, task_id, sample, queue, expires=expires, ignore_result=ignore_result,
-                 reply_channel=hub.channel if hub else None)
+                 reply_channel=hub.channel if hub else None, sent_events=events)
         for task_id, sample in zip(task_ids, samples)
     ]
     with app.producer_or_acquire() as producer:
@@ -89,12 +94,19 @@ def _result(task: BatchedTask, task_id: str, hub: ReplyHub | None, ignore_result
 
 
 def envelope(task: BatchedTask, task_id: str, sample: Any, queue: str, *, expires: Any,
-             ignore_result: bool, reply_channel: str | None = None) -> str:
-    """The kombu Redis transport's JSON envelope of one Celery protocol 2 message."""
+             ignore_result: bool, reply_channel: str | None = None, sent_events: SentEvents | None = None) -> str:
+    """The kombu Redis transport's JSON envelope of one Celery protocol 2 message.
+
+    With ``sent_events``, the message's ``task-sent`` event is queued there.
+    """
     message = task.app.amqp.as_task_v2(
         task_id, task.name, (sample,), {}, expires=expires, root_id=task_id, ignore_result=ignore_result,
+        create_sent_event=sent_events is not None,
     )
+    if sent_events is not None:
+        sent_events.record({**message.sent_event, "queue": queue, "exchange": "", "routing_key": queue})
     headers = message.headers
+    headers[SENT_AT_HEADER] = time.time()
     if reply_channel is not None:
         headers[REPLY_HEADER] = reply_channel
     content_type, content_encoding, body = dumps(message.body, serializer=task.serializer)

@@ -13,7 +13,6 @@ listener thread per process hands each result to its :class:`BatchedResult`.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 import weakref
@@ -25,6 +24,8 @@ from celery.backends.redis import RedisBackend
 from celery.exceptions import TimeoutError as CeleryTimeoutError
 from celery.result import AsyncResult, assert_will_not_block
 from kombu.utils.uuid import uuid
+
+from .per_process import PerProcess
 
 logger = logging.getLogger(__name__)
 
@@ -73,7 +74,6 @@ class ReplyHub:
     def __init__(self, backend: RedisBackend) -> None:
         self.backend = backend
         self.channel = CHANNEL_PREFIX + uuid()
-        self.pid = os.getpid()
         self._slots: weakref.WeakValueDictionary[str, ReplySlot] = weakref.WeakValueDictionary()
         self._pubsub = self._subscribe()
         threading.Thread(target=self._listen, name="celery-batching-replies", daemon=True).start()
@@ -125,8 +125,7 @@ class ReplyHub:
             slot.fulfil(meta)
 
 
-_hubs: weakref.WeakKeyDictionary[Celery, ReplyHub] = weakref.WeakKeyDictionary()
-_hubs_lock = threading.Lock()
+_hubs: PerProcess[ReplyHub] = PerProcess(lambda app: ReplyHub(app.backend))
 
 
 def reply_hub(app: Celery) -> ReplyHub | None:
@@ -134,14 +133,7 @@ def reply_hub(app: Celery) -> ReplyHub | None:
 
     A forked child gets its own hub (and channel) on first use.
     """
-    backend = app.backend
-    if not isinstance(backend, RedisBackend):
-        return None
-    with _hubs_lock:
-        hub = _hubs.get(app)
-        if hub is None or hub.pid != os.getpid():
-            hub = _hubs[app] = ReplyHub(backend)
-        return hub
+    return _hubs.get(app) if isinstance(app.backend, RedisBackend) else None
 
 
 class BatchedResult(AsyncResult):

@@ -8,8 +8,11 @@ cover goes through Celery untouched.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import multiprocessing
+import socket
+import threading
 from collections.abc import Iterator
 
 import pytest
@@ -161,3 +164,37 @@ def test_a_forked_child_gets_its_own_reply_channel(basic, start_worker):
     assert channel != parent_channel
     assert child.exitcode == 0
     wait_until(lambda: _results_db(basic).pubsub_numsub(channel)[0][1] == 0, 10, "the child's channel closed")
+
+
+def test_task_sent_events_still_reach_monitors(basic):
+    # Given a monitor listening to the app's events, and task_send_sent_event on
+    seen: dict[str, dict] = {}
+    ready = threading.Event()
+
+    def monitor() -> None:
+        with basic.app.connection_for_read() as connection:
+            receiver = basic.app.events.Receiver(connection, handlers={
+                "task-sent": lambda event: seen.setdefault(event["uuid"], event),
+            })
+            consumer = receiver.consume(limit=None, timeout=15, wakeup=False)
+            ready.set()
+            with contextlib.suppress(socket.timeout, TimeoutError):
+                for _ in consumer:
+                    if len(seen) >= 3:
+                        return
+
+    thread = threading.Thread(target=monitor, daemon=True)
+    thread.start()
+    assert ready.wait(10)
+    basic.app.conf.task_send_sent_event = True
+    try:
+        # When tasks are sent on the fast path
+        results = [basic.double.delay(x) for x in range(3)]
+    finally:
+        basic.app.conf.task_send_sent_event = False
+    assert all(isinstance(r, BatchedResult) for r in results)
+    # Then the monitor sees each one's task-sent event, with its queue
+    thread.join(20)
+    assert set(seen) == {r.id for r in results}
+    assert {e["name"] for e in seen.values()} == {basic.double.name}
+    assert {e["queue"] for e in seen.values()} == {basic.double.batch_queue}

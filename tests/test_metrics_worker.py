@@ -3,7 +3,7 @@
 The demo's embed worker is started with ``CELERY_BATCHING_METRICS_PORT``;
 after a known number of samples (one of them rejected) its ``/metrics``
 must show them in the batch-size histogram, the outcome counters and the
-failure counter.
+failure counter, and every sample's wait in the queue.
 """
 
 from __future__ import annotations
@@ -60,5 +60,7 @@ def test_worker_metrics_count_every_sample(redis_server, tiny_checkpoint, demo_s
             value(samples, "celery_batching_batch_size_count", task="embed")
         assert value(samples, "celery_batching_failures_total", task="embed", exception="InvalidSample") == 1
         assert value(samples, "celery_batching_predict_samples_per_second", task="embed") > 0
+        # Every message carried its send time, so every claimed sample has a queue wait
+        assert value(samples, "celery_batching_queue_wait_seconds_count", task="embed") == 13
     finally:
         worker.stop()
