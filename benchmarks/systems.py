@@ -81,4 +81,6 @@ SYSTEMS: dict[str, System] = {s.name: s for s in (
     System("ours_local", "celery-batching LocalStreamer, in-process", "main"),
     System("ours", "celery-batching batched task", "main",
            celery_app="benchmarks.apps.ours", scalable=True, uses_redis=True),
+    System("ours_celery_client", "celery-batching batched task, Celery's client path (batching_fast_client=False)",
+           "main", celery_app="benchmarks.apps.ours_celery_client", scalable=True, uses_redis=True),
 )}

@@ -23,6 +23,7 @@ ADAPTERS = {
     "celery": "celery_tasks:PlainCeleryAdapter",
     "celery_batches": "celery_tasks:CeleryBatchesAdapter",
     "ours": "celery_tasks:OursAdapter",
+    "ours_celery_client": "celery_tasks:OursCeleryClientAdapter",
     "ours_local": "inprocess:OursLocalAdapter",
 }
 

@@ -51,3 +51,9 @@ class OursAdapter(_TaskAdapter):
     """celery-batching's ``batched`` task."""
 
     app_module = "benchmarks.apps.ours"
+
+
+class OursCeleryClientAdapter(_TaskAdapter):
+    """The same batched task through Celery's own publish and result path (the fast path's "before")."""
+
+    app_module = "benchmarks.apps.ours_celery_client"
