@@ -3,8 +3,9 @@
 ``apply_async`` runs routing, publish signals and kombu's producer for every
 message, and kombu's Redis transport builds a client per publish; a task
 awaited through it also costs a SUBSCRIBE and an UNSUBSCRIBE. When none of
-that is needed (no options beyond id, expiry and result handling, nobody
-listening to the publish signals, not inside a worker's task), a batched task
+that is needed (no options beyond id, expiry and result handling, no priority
+or compression, nobody listening to the publish signals, not inside a
+worker's task), a batched task
 is sent as the same protocol 2 message with one LPUSH, and awaited on the
 process's reply channel (:mod:`~celery_batching.replies`). ``task-sent``
 events, when enabled, go out in bulk (:mod:`~celery_batching.sent_events`).
@@ -48,6 +49,8 @@ def can_send_fast(task: BatchedTask, args: Any, kwargs: Any, options: Mapping[st
         and isinstance(args, (list, tuple)) and len(args) == 1 and not kwargs
         and options.keys() <= FAST_OPTIONS
         and not conf.task_always_eager
+        and task.priority is None and conf.task_default_priority is None
+        and getattr(task, "compression", None) is None and conf.task_compression is None
         and not signals.before_task_publish.receivers
         and not signals.after_task_publish.receivers
         and task.app.current_worker_task is None

@@ -18,6 +18,7 @@ from collections.abc import Iterator
 import pytest
 import redis
 from celery import signals
+from celery.exceptions import TaskRevokedError
 from celery.exceptions import TimeoutError as CeleryTimeoutError
 from celery.result import AsyncResult
 
@@ -69,6 +70,21 @@ def test_failures_and_propagate_behave_as_celery(basic, start_worker):
     returned = basic.poison.delay("poison").get(timeout=30, propagate=False)
     assert isinstance(returned, ValueError)
     assert failing.state == "FAILURE"
+
+
+def test_task_level_expires_holds_on_the_fast_path(basic, start_worker):
+    # Given a task whose declaration says its calls expire almost at once
+    basic.double.expires = 0.001
+    try:
+        result = basic.double.delay(1)
+    finally:
+        basic.double.expires = None
+    assert isinstance(result, BatchedResult)
+    # When a worker starts (well after that)
+    start_worker("tests.apps.basic")
+    # Then the call was sent with its expiry and skipped
+    with pytest.raises(TaskRevokedError, match="expired"):
+        result.get(timeout=30)
 
 
 def test_get_times_out_like_celery(basic):
