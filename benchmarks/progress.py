@@ -30,6 +30,8 @@ class Progress:
         left = elapsed / self.done * (self.total - self.done)
         if workload == "light":
             figure = f"p50 {m.p50 * 1000:.1f} ms, p99 {m.p99 * 1000:.1f} ms"
+        elif workload == "http":
+            figure = f"{m.throughput:,.0f} requests/s, p50 {m.p50 * 1000:.1f} ms, p99 {m.p99 * 1000:.1f} ms"
         else:
             figure = f"{m.throughput:,.0f} samples/s, batch {m.mean_batch:.1f}"
             if workload == "saturation":

@@ -74,6 +74,8 @@ def table(rows: Sequence[Row], workloads: Sequence[str]) -> str:
         header += ["light p50 ms", "light p99 ms"]
     if "saturation" in workloads:
         header += ["CPU ms/req (client / worker / redis)", "mean batch"]
+    if "http" in workloads:
+        header += ["HTTP req/s", "HTTP p50 ms", "HTTP p99 ms"]
     header += ["failed"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
@@ -92,6 +94,10 @@ def table(rows: Sequence[Row], workloads: Sequence[str]) -> str:
             parts = " / ".join(_number(row.cpu(part) * 1000, 2) for part in CPU_PARTS)
             cells += [f"{_number(row.cpu() * 1000, 2)} ({parts})",
                       _number(row.spread("saturation", "mean_batch").median, 1)]
+        if "http" in workloads:
+            p50, p99 = row.spread("http", "p50"), row.spread("http", "p99")
+            cells += [_cell(row.spread("http", "throughput")),
+                      _cell(p50, 1000, _ms_digits(p50.median)), _cell(p99, 1000, _ms_digits(p99.median))]
         cells.append(str(row.failed()))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -115,6 +121,11 @@ the requests that ran. "failed" counts requests that raised or returned a wrong 
 * **CPU ms/req**: CPU time (user + system) of every process during the saturation workload, divided
   by its requests: the client processes, the worker processes (with their children), and redis-server.
 * **mean batch**: samples per `predict` call during the saturation workload.
+* **HTTP** (only with `--workloads http`): the Django demo under gunicorn (one process, a thread per
+  connection), `wrk -t2 -c<in_flight> --latency`, one text per `POST`, MiniLM only. celery-batching's
+  row is the demo's `/api/embed` (a batched task, the demo's own workers); naive's is
+  `/api/naive/embed` (`INFERENCE_NAIVE=1`: the web process runs `predict([text])` per request).
+  req/s and p50/p99 latency as wrk measures them.
 """
 
 

@@ -3,6 +3,7 @@
 Runs every chosen system on every chosen model, each workload repeated,
 then writes ``benchmarks/results/<stamp>.md`` (the tables), ``.json`` (every
 figure of every repetition) and two PNG plots, and prints the tables.
+``--workloads http`` (opt-in) needs wrk: ``apt-get install -y wrk``.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import time
@@ -22,12 +24,12 @@ from .knobs import ANCHOR_MAX_WAIT, BATCH_SIZE
 from .models import MODELS
 from .procs import REDIS_SERVER, HarnessError
 from .progress import Progress
-from .runner import WORKLOADS, Case, Sizes, run_case
+from .runner import DEFAULT_WORKLOADS, WORKLOADS, Case, Sizes, run_case, workloads_of
 from .systems import PYTHONS, REPO, SYSTEMS
 
 RESULTS = REPO / "benchmarks" / "results"
 # --quick: the same tables in a few minutes, with smaller workloads.
-QUICK_SIZES = Sizes(saturation=600, drain=600, light=30, clients=2, seconds=8.0, warmup=2)
+QUICK_SIZES = Sizes(saturation=600, drain=600, light=30, clients=2, seconds=8.0, warmup=2, http_seconds=5.0)
 # Package versions named in the report's preamble, per venv.
 VERSIONED = ("celery", "kombu", "redis", "celery-batching", "celery-batches", "service_streamer", "torch")
 
@@ -42,7 +44,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--systems", nargs="+", choices=sorted(SYSTEMS), help="default: all")
     parser.add_argument("--models", nargs="+", choices=sorted(MODELS),
                         help="default: noop simgpu minilm (--quick: noop simgpu)")
-    parser.add_argument("--workloads", nargs="+", choices=WORKLOADS, default=list(WORKLOADS))
+    parser.add_argument("--workloads", nargs="+", choices=WORKLOADS, default=list(DEFAULT_WORKLOADS),
+                        help="default: drain light saturation; http (the Django demo under gunicorn and wrk, "
+                             "ours and naive on minilm only) is opt-in and needs: apt-get install -y wrk")
     parser.add_argument("--workers", type=_counts, default=[1, 2, 4],
                         help="worker counts for celery-batching's batched task (default 1,2,4)")
     parser.add_argument("--anchor-workers", type=_counts, default=[1],
@@ -53,14 +57,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--light", type=int, help="light-load requests per repetition")
     parser.add_argument("--clients", type=int, help="client processes for systems behind Redis")
     parser.add_argument("--seconds", type=float, help="time limit of one workload")
+    parser.add_argument("--http-seconds", type=float, help="how long wrk sends, per repetition (default 10)")
     parser.add_argument("--gpu", action="store_true", help="run the models on cuda:0")
     parser.add_argument("--out", type=Path, default=RESULTS, help="directory for the report")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if "http" in args.workloads and shutil.which("wrk") is None:
+        parser.error("--workloads http needs wrk: apt-get install -y wrk")
+    return args
 
 
 def sizes_from(args: argparse.Namespace) -> Sizes:
     sizes = QUICK_SIZES if args.quick else Sizes()
-    overrides = {name: getattr(args, name) for name in ("saturation", "drain", "light", "clients", "seconds")
+    overrides = {name: getattr(args, name) for name in ("saturation", "drain", "light", "clients", "seconds",
+                                                        "http_seconds")
                  if getattr(args, name) is not None}
     return replace(sizes, **overrides)
 
@@ -81,7 +90,11 @@ def plan(args: argparse.Namespace, notes: list[str]) -> list[Case]:
             system = SYSTEMS[name]
             counts = (args.workers if name == "ours" else args.anchor_workers) if system.scalable else [1]
             cases += [Case(system, model, workers) for workers in counts]
-    return cases
+    wanted = tuple(args.workloads)
+    runnable = [case for case in cases if workloads_of(case, wanted)]
+    if "http" in wanted and not any("http" in workloads_of(case, wanted) for case in runnable):
+        notes.append("http skipped: it runs only for the systems ours and naive on the model minilm")
+    return runnable
 
 
 def _versions() -> str:
@@ -111,7 +124,10 @@ def preamble(args: argparse.Namespace, sizes: Sizes) -> str:
         f"Sizes: saturation {sizes.saturation} requests with {sizes.in_flight} in flight "
         f"({sizes.clients} client processes for systems behind Redis, else one); drain {sizes.drain} "
         f"requests per worker; light load {sizes.light} requests; each workload stops sending after "
-        f"{sizes.seconds:g} s.\n\nVersions: {_versions()}."
+        f"{sizes.seconds:g} s."
+        + (f" http: wrk for {sizes.http_seconds:g} s with {sizes.in_flight} connections, one text per "
+           f"request; gunicorn, one process, {sizes.in_flight} threads." if "http" in args.workloads else "")
+        + f"\n\nVersions: {_versions()}."
     )
 
 
@@ -121,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     device = "cuda:0" if args.gpu else "cpu"
     notes: list[str] = []
     cases = plan(args, notes)
-    progress = Progress(len(cases) * args.reps * len(args.workloads))
+    progress = Progress(sum(len(workloads_of(case, tuple(args.workloads))) for case in cases) * args.reps)
     for note in notes:
         progress.note(note)
     args.out.mkdir(parents=True, exist_ok=True)

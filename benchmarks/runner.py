@@ -13,12 +13,14 @@ repetitions), and per repetition the workloads in a fixed order:
    the model's own log, so it is the worker side alone. In-process systems
    run the queue as it fills (see :func:`benchmarks.stats.from_calls`);
 2. light: one client, one request in flight;
-3. saturation: ``clients`` processes with ``in_flight`` requests in flight in all.
+3. saturation: ``clients`` processes with ``in_flight`` requests in flight in all;
+4. http (opt-in): the Django demo under gunicorn and ``wrk``, for ``ours``
+   and ``naive`` on minilm only (:mod:`benchmarks.demo_http`).
 
 The workers started for the drain serve the light and saturation workloads
-too; each repetition restarts them for its drain. A workload is one method
-of :class:`CaseRun`, so the HTTP workload (the Django demo under ``wrk``)
-plugs in as one more.
+too; each repetition restarts them for its drain. The http workload stops
+them and runs the demo's own workers instead, for its length only. A
+workload is one method of :class:`CaseRun`.
 """
 
 from __future__ import annotations
@@ -32,15 +34,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from . import stats, trace
+from . import demo_http, stats, trace
 from .knobs import DEVICE_ENV, MODEL_ENV, REDIS_ENV
 from .procs import Client, Group, HarnessError, RedisServer, cpu_seconds
 from .queues import HeldQueues
 from .stats import Measurement
 from .systems import REPO, System
 
-# Workloads in the order a repetition runs them.
-WORKLOADS = ("drain", "light", "saturation")
+# Workloads in the order a repetition runs them; all but http run by default.
+WORKLOADS = ("drain", "light", "saturation", "http")
+DEFAULT_WORKLOADS = ("drain", "light", "saturation")
+# Workloads that need the case's own workers running and its clients warmed up.
+SERVED = ("light", "saturation")
 
 
 @dataclass(frozen=True)
@@ -55,6 +60,7 @@ class Sizes:
     seconds: float = 30.0      # a workload stops sending after this long
     warmup: int = 4            # requests each client sends before measuring
     timeout: float = 120.0     # seconds one request may take
+    http_seconds: float = 10.0  # http: how long wrk sends
 
 
 @dataclass(frozen=True)
@@ -64,11 +70,21 @@ class Case:
     workers: int
 
 
-class CaseRun:
-    """The processes of one case; use as a context manager."""
+def workloads_of(case: Case, wanted: tuple[str, ...]) -> tuple[str, ...]:
+    """The workloads of ``wanted`` that apply to ``case``, in running order."""
+    return tuple(w for w in WORKLOADS if w in wanted
+                 and (w != "http" or demo_http.applies(case.system.name, case.model)))
 
-    def __init__(self, case: Case, sizes: Sizes, device: str) -> None:
+
+class CaseRun:
+    """The processes of one case; use as a context manager.
+
+    ``with_clients``: start the load-generating clients (every workload but http needs them).
+    """
+
+    def __init__(self, case: Case, sizes: Sizes, device: str, with_clients: bool = True) -> None:
         self.case, self.sizes, self.device = case, sizes, device
+        self.with_clients = with_clients
         self.dir = Path(tempfile.mkdtemp(prefix=f"bench-{case.system.name}-{case.model}-"))
         self.trace_dir = self.dir / "trace"
         self.trace_dir.mkdir()
@@ -84,7 +100,7 @@ class CaseRun:
             if self.case.system.uses_redis:
                 self.redis = RedisServer(self.dir)
             count = self.sizes.clients if self.case.system.uses_redis else 1
-            self.clients = [self._start_client(i) for i in range(count)]
+            self.clients = [self._start_client(i) for i in range(count if self.with_clients else 0)]
         except BaseException:
             self.__exit__(None, None, None)
             raise
@@ -137,7 +153,7 @@ class CaseRun:
             time.sleep(0.05)
         names = self.case.system.node_names(self.case.workers)
         if names and self.redis is not None:
-            _wait_for_pings(self.redis.url, names, deadline)
+            _wait_for_pings(f"{self.redis.url}/0", names, deadline, self._check_workers_alive)
 
     def ready_to_serve(self) -> None:
         """Workers running and ready, every client warmed up: then latencies mean something."""
@@ -269,6 +285,29 @@ class CaseRun:
             client.expect("collect", self.sizes.timeout + 60)
         return _read_outcomes(outs)
 
+    def http(self) -> Measurement:
+        """The demo site's endpoint for this system under ``wrk`` (:mod:`benchmarks.demo_http`)."""
+        self.stop_workers()  # the bench workers: the demo runs its own
+        redis_url = self.redis.url if self.redis is not None else None
+        env = demo_http.site_env(self.env(), redis_url)
+        deadline = time.monotonic() + 300.0
+        site = None
+        try:
+            if redis_url is not None:
+                self.workers = [Group(argv, env=env, log=self.dir / f"demo-worker{i}.log", cwd=REPO)
+                                for i, argv in enumerate(demo_http.worker_commands(self.case.workers))]
+                _wait_for_pings(f"{redis_url}/{demo_http.DEMO_DB}", demo_http.node_names(self.case.workers),
+                                deadline, self._check_workers_alive)
+            site = demo_http.DemoSite(env, self.dir / "web.log", threads=self.sizes.in_flight)
+            path = demo_http.ENDPOINTS[self.case.system.name]
+            site.warm_up(path, self.sizes.warmup, deadline, self._check_workers_alive)
+            return demo_http.wrk(site.url + path, self.sizes.in_flight, self.sizes.http_seconds,
+                                 self.dir / "wrk.log")
+        finally:
+            if site is not None:
+                site.stop()
+            self.stop_workers()
+
     def _wait_for_drain(self, since: float, sent: int) -> list[trace.Call]:
         """The drain's predict calls, once all ``sent`` samples ran or its time is up."""
         hard_deadline = time.monotonic() + self.sizes.seconds + 300.0
@@ -300,14 +339,15 @@ def _shares(requests: int, parts: int) -> list[int]:
     return [requests // parts + (1 if i < requests % parts else 0) for i in range(parts)]
 
 
-def _wait_for_pings(redis_url: str, names: list[str], deadline: float) -> None:
-    """Until every Celery node in ``names`` answers a control ping."""
+def _wait_for_pings(broker_url: str, names: list[str], deadline: float, check: Callable[[], None]) -> None:
+    """Until every Celery node in ``names`` answers a control ping; ``check`` raises if one died."""
     from celery import Celery
 
-    app = Celery("bench_harness", broker=f"{redis_url}/0")
+    app = Celery("bench_harness", broker=broker_url)
     try:
         missing = set(names)
         while missing:
+            check()
             for reply in app.control.ping(destination=sorted(missing), timeout=0.5):
                 missing -= set(reply)
             if missing and time.monotonic() > deadline:
@@ -320,11 +360,12 @@ def run_case(case: Case, sizes: Sizes, workloads: tuple[str, ...], reps: int, de
              on_result: Callable[[int, str, Measurement], None]) -> list[dict[str, Measurement]]:
     """Every repetition of ``case``; ``on_result(rep, workload, measurement)`` as each ends."""
     results: list[dict[str, Measurement]] = []
-    with CaseRun(case, sizes, device) as run:
+    mine = workloads_of(case, workloads)
+    with CaseRun(case, sizes, device, with_clients=mine != ("http",)) as run:
         for rep in range(reps):
             figures: dict[str, Measurement] = {}
-            for workload in (w for w in WORKLOADS if w in workloads):
-                if workload != "drain" and not figures.keys() - {"drain"}:
+            for workload in mine:
+                if workload in SERVED and not figures.keys() & set(SERVED):
                     run.ready_to_serve()
                 figures[workload] = getattr(run, workload)()
                 on_result(rep, workload, figures[workload])

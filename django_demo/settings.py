@@ -10,6 +10,9 @@ Flower (through ``CELERY_*``), so one set of variables describes a deployment:
 - ``FILL_MASK_CHECKPOINT``: a local masked-LM directory (e.g. bert-base-uncased);
   unset, the fill-mask endpoint explains how to set it.
 - ``DEMO_*``: request limits and waits, below.
+- ``INFERENCE_NAIVE``: ``1`` turns on ``/api/naive/embed``, where the web
+  process runs the model itself, one text per call: the baseline the
+  benchmark's HTTP workload compares with. Off by default.
 """
 
 import os
@@ -90,6 +93,8 @@ DEMO_RESULT_TIMEOUT = env_number("DEMO_RESULT_TIMEOUT", 10.0)
 DEMO_WORKER_POLL_INTERVAL = env_number("DEMO_WORKER_POLL_INTERVAL", 2.0, minimum=1.0)
 DEMO_WORKER_REPLY_TIMEOUT = env_number("DEMO_WORKER_REPLY_TIMEOUT", 0.5)
 DEMO_WORKER_GRACE = env_number("DEMO_WORKER_GRACE", 6.0)
+# /api/naive/embed: MiniLM loaded in each web process on first use, run per request (a baseline, not a feature).
+INFERENCE_NAIVE = env_bool("INFERENCE_NAIVE", False)
 
 LOGGING = {
     "version": 1,

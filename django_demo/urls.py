@@ -13,4 +13,5 @@ urlpatterns = [
     path("api/async/embed", views.embed_async, name="embed-async"),
     path("api/async/similarity", views.similarity_async, name="similarity-async"),
     path("api/async/fill-mask", views.fill_mask_async, name="fill-mask-async"),
+    path("api/naive/embed", views.naive_embed, name="naive-embed"),
 ]

@@ -2,11 +2,13 @@
 
 ``/api/*`` block a server thread while they wait (gunicorn, WSGI);
 ``/api/async/*`` are the same endpoints awaiting on the event loop
-(uvicorn, ASGI). Both answer errors as ``{"error": message}``.
+(uvicorn, ASGI); ``/api/naive/embed``, off by default, runs the model in
+the web process (see :mod:`.naive`). All answer errors as ``{"error": message}``.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -16,10 +18,12 @@ from django.core.exceptions import RequestDataTooBig
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import render
 
-from . import tasks
+from celery_batching import InvalidSample
+
+from . import naive, tasks
 from .jobs import embed_job, fill_mask_job, limits, similarity_job
 from .service import ApiError, Job, run, run_async
-from .validation import BadRequest, parse_json
+from .validation import BadRequest, parse_json, read_texts
 from .workers import directory
 
 Prepare = Callable[[dict[str, Any]], Job]
@@ -34,15 +38,20 @@ def error(status: int, message: str, **extra: Any) -> JsonResponse:
     return response
 
 
-def _job(request: HttpRequest, prepare: Prepare) -> Job:
-    """The request's job, or BadRequest/ApiError before anything is sent."""
+def _payload(request: HttpRequest) -> dict[str, Any]:
+    """The request's JSON object, or BadRequest/ApiError."""
     if request.method != "POST":
         raise ApiError(405, f"{request.path} takes POST with a JSON body, not {request.method}")
     try:
         body = request.body
     except RequestDataTooBig:
         raise BadRequest("the request body is too large") from None
-    return prepare(parse_json(body))
+    return parse_json(body)
+
+
+def _job(request: HttpRequest, prepare: Prepare) -> Job:
+    """The request's job, or BadRequest/ApiError before anything is sent."""
+    return prepare(_payload(request))
 
 
 def endpoint(prepare: Prepare) -> View:
@@ -79,6 +88,24 @@ fill_mask = endpoint(fill_mask_job)
 embed_async = async_endpoint(embed_job)
 similarity_async = async_endpoint(similarity_job)
 fill_mask_async = async_endpoint(fill_mask_job)
+
+
+def naive_embed(request: HttpRequest) -> JsonResponse:
+    """One text embedded by this web process itself (``INFERENCE_NAIVE=1`` only): the benchmark's baseline."""
+    if not settings.INFERENCE_NAIVE:
+        return error(404, "the naive endpoint is off; set INFERENCE_NAIVE=1 to have the web process run the model")
+    started = time.perf_counter()
+    try:
+        texts, single = read_texts(_payload(request), limits())
+        if not single:
+            raise BadRequest('the naive endpoint takes one "text", one model call per request')
+        vector = naive.embed_here(texts[0])
+    except (BadRequest, InvalidSample) as exc:
+        return error(400, str(exc))
+    except ApiError as exc:
+        return error(exc.status, exc.message, **exc.extra)
+    return JsonResponse({"embedding": vector, "dim": len(vector),
+                         "elapsed_ms": round((time.perf_counter() - started) * 1000, 1)})
 
 
 def healthz(request: HttpRequest) -> JsonResponse:
