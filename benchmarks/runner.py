@@ -119,7 +119,10 @@ class CaseRun:
         env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")}
         env.update({MODEL_ENV: self.case.model, DEVICE_ENV: self.device, trace.TRACE_ENV: str(self.trace_dir),
                     "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-                    "CELERY_BATCHING_DEVICE": self.device})
+                    "CELERY_BATCHING_DEVICE": self.device,
+                    # Idle OpenMP threads sleep instead of spinning: an in-process system whose
+                    # predict moves between threads would otherwise compete with its own spinners.
+                    "OMP_WAIT_POLICY": "PASSIVE"})
         if self.redis is not None:
             env[REDIS_ENV] = self.redis.url
         return env
