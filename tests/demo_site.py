@@ -7,6 +7,7 @@ Celery client) against the session's private Redis; workers are real
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -109,3 +110,17 @@ class WebServer:
 
     def stop(self) -> None:
         stop_process(self.process, 15)
+
+
+@pytest.fixture
+def client(demo_site: dict[str, str]):
+    """Django's test client for the demo site."""
+    from django.test import Client
+
+    return Client()
+
+
+def post(client, path: str, payload: object = None, raw: str | None = None):
+    """POST ``payload`` as JSON (or ``raw`` as the body, for malformed ones)."""
+    body = raw if raw is not None else json.dumps(payload)
+    return client.post(path, data=body, content_type="application/json")

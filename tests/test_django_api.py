@@ -13,22 +13,10 @@ import signal
 
 import pytest
 
-from tests.demo_site import demo_site, embed_worker, tiny_checkpoint  # noqa: F401 - fixtures
+from tests.demo_site import client, demo_site, embed_worker, post, tiny_checkpoint  # noqa: F401 - fixtures
 from tests.servers import wait_until
 
 pytestmark = pytest.mark.usefixtures("embed_worker")
-
-
-@pytest.fixture
-def client(demo_site):  # noqa: F811 - the fixture
-    from django.test import Client
-
-    return Client()
-
-
-def post(client, path: str, payload=None, raw: str | None = None):
-    body = raw if raw is not None else json.dumps(payload)
-    return client.post(path, data=body, content_type="application/json")
 
 
 LONG = "word " * 250  # 1250 characters: over the default limit of 1000

@@ -7,22 +7,9 @@ compares the same work done two ways.
 
 from __future__ import annotations
 
-import json
-
 import pytest
 
-from tests.demo_site import demo_site, embed_worker, tiny_checkpoint  # noqa: F401 - fixtures
-
-
-@pytest.fixture
-def client(demo_site):  # noqa: F811 - the fixture
-    from django.test import Client
-
-    return Client()
-
-
-def post(client, path: str, payload):
-    return client.post(path, data=json.dumps(payload), content_type="application/json")
+from tests.demo_site import client, demo_site, embed_worker, post, tiny_checkpoint  # noqa: F401 - fixtures
 
 
 def test_naive_endpoint_is_off_by_default(client):

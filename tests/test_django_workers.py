@@ -6,11 +6,9 @@ site notices a stopped worker within its grace period.
 
 from __future__ import annotations
 
-import json
-
 import pytest
 
-from tests.demo_site import demo_site, start_demo_worker, tiny_checkpoint  # noqa: F401 - fixtures
+from tests.demo_site import client, demo_site, post, start_demo_worker, tiny_checkpoint  # noqa: F401 - fixtures
 from tests.servers import wait_until
 
 
@@ -28,17 +26,6 @@ def test_live_workers_table(sightings, now, expected):
     from django_demo.inference.workers import live_workers
 
     assert live_workers(sightings, now, grace=3.0) == expected
-
-
-def post(client, path: str, payload):
-    return client.post(path, data=json.dumps(payload), content_type="application/json")
-
-
-@pytest.fixture
-def client(demo_site):  # noqa: F811 - the fixture
-    from django.test import Client
-
-    return Client()
 
 
 def test_fill_mask_without_a_checkpoint_says_how_to_set_it(client):
