@@ -44,7 +44,7 @@ def test_worker_metrics_count_every_sample(redis_server, tiny_checkpoint, demo_s
         # When 12 good samples and one the model rejects are served
         assert len(gather(submit_many(embed, [f"sentence {i}" for i in range(12)]), timeout=60)) == 12
         with pytest.raises(InvalidSample):
-            embed.delay("z" * 3000).get(timeout=60)
+            gather(submit_many(embed, ["z" * 3000]), timeout=60)
 
         # Then the scrape counts them (the hooks run just after the results are stored)
         def counted():
