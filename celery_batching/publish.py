@@ -21,12 +21,13 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from celery import signals
+from celery import Celery, signals
 from celery.result import AsyncResult
 from kombu.serialization import dumps
 from kombu.utils.json import dumps as json_dumps
 from kombu.utils.uuid import uuid
 
+from .per_process import PerProcess
 from .replies import REPLY_HEADER, BatchedResult, ReplyHub, reply_hub
 from .sent_events import SentEvents, sent_events
 
@@ -73,16 +74,32 @@ def send_many(task: BatchedTask, samples: Sequence[Any], queue: str, *, task_ids
                  reply_channel=hub.channel if hub else None, sent_events=events)
         for task_id, sample in zip(task_ids, samples)
     ]
-    with app.producer_or_acquire() as producer:
-        client = producer.channel.client
-        if len(payloads) == 1:
-            client.lpush(queue, payloads[0])
-        else:
-            with client.pipeline(transaction=False) as pipe:
-                for payload in payloads:
-                    pipe.lpush(queue, payload)
-                pipe.execute()
+    client = _publishers.get(app).client
+    if len(payloads) == 1:
+        client.lpush(queue, payloads[0])
+    else:
+        with client.pipeline(transaction=False) as pipe:
+            for payload in payloads:
+                pipe.lpush(queue, payload)
+            pipe.execute()
     return results
+
+
+class _Publisher:
+    """A broker connection of this process's own, used for nothing but pushing messages.
+
+    Not a channel of the app's producer pool: a pooled channel that once
+    consumed (a broadcast collecting its replies) keeps a connection pinned to
+    its BRPOP, and a command sent through that channel's client would read the
+    BRPOP's answer.
+    """
+
+    def __init__(self, app: Celery) -> None:
+        self._connection = app.connection_for_write()
+        self.client = self._connection.default_channel.client
+
+
+_publishers: PerProcess[_Publisher] = PerProcess(_Publisher)
 
 
 def _result(task: BatchedTask, task_id: str, hub: ReplyHub | None, ignore_result: bool) -> AsyncResult:
