@@ -214,5 +214,3 @@ def test_task_sent_events_still_reach_monitors(basic):
     assert set(seen) == {r.id for r in results}
     assert {e["name"] for e in seen.values()} == {basic.double.name}
     assert {e["queue"] for e in seen.values()} == {basic.double.batch_queue}
-
-
