@@ -38,23 +38,21 @@ def submit_many(
     ``expires`` is seconds from now, as with ``apply_async``.
     """
     queue = queue or getattr(task, "batch_queue", None) or task.queue or task.app.conf.task_default_queue
-    ignore = task.ignore_result if ignore_result is None else ignore_result
-    return send_many(task, list(samples), queue, expires=expires, ignore_result=ignore)
+    return send_many(task, list(samples), queue, expires=expires, ignore_result=ignore_result)
 
 
 def gather(results: Sequence[AsyncResult], timeout: float | None = None, propagate: bool = True) -> list[Any]:
     """Wait for all ``results``; their values in order. Raises the first failure if ``propagate``."""
     if not results:
         return []
+    deadline = None if timeout is None else time.monotonic() + timeout
     if all(isinstance(result, BatchedResult) for result in results):
-        deadline = None if timeout is None else time.monotonic() + timeout
         return [
             result.get(timeout=None if deadline is None else max(deadline - time.monotonic(), 0.0),
                        propagate=propagate)
             for result in results
         ]
     pending = results[0].app.ResultSet(list(results))
-    deadline = None if timeout is None else time.monotonic() + timeout
     while True:
         # Wait in slices: each new wait reads the stored results again, which catches a result
         # Celery's Redis client missed while it reconnected (it reads, then resubscribes).

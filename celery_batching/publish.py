@@ -5,9 +5,8 @@ message, and kombu's Redis transport builds a client per publish; a task
 awaited through it also costs a SUBSCRIBE and an UNSUBSCRIBE. When none of
 that is needed (no options beyond id, expiry and result handling, no priority
 or compression, nobody listening to the publish signals, not inside a
-worker's task), a batched task
-is sent as the same protocol 2 message with one LPUSH, and awaited on the
-process's reply channel (:mod:`~celery_batching.replies`). ``task-sent``
+worker's task), a batched task is sent as the same protocol 2 message with
+one LPUSH, and awaited on the process's reply channel (:mod:`~celery_batching.replies`). ``task-sent``
 events, when enabled, go out in bulk (:mod:`~celery_batching.sent_events`).
 
 ``batching_fast_client = False`` in the app's configuration turns this off:
@@ -59,9 +58,14 @@ def can_send_fast(task: BatchedTask, args: Any, kwargs: Any, options: Mapping[st
 
 
 def send_many(task: BatchedTask, samples: Sequence[Any], queue: str, *, task_ids: Sequence[str] | None = None,
-              expires: Any = None, ignore_result: bool = False) -> list[AsyncResult]:
-    """Push one message per sample in one round trip; their results in order."""
+              expires: Any = None, ignore_result: bool | None = None) -> list[AsyncResult]:
+    """Push one message per sample in one round trip; their results in order.
+
+    ``ignore_result=None`` means the task's own setting.
+    """
     app = task.app
+    if ignore_result is None:
+        ignore_result = task.ignore_result
     hub = reply_hub(app) if not ignore_result and app.conf.get(FAST_CLIENT_SETTING, True) else None
     task_ids = list(task_ids) if task_ids is not None else [uuid() for _ in samples]
     results = [_result(task, task_id, hub, ignore_result) for task_id in task_ids]

@@ -52,9 +52,7 @@ class BatchedTask(Task):
             try:
                 return send_many(
                     self, args, options["queue"], task_ids=[options.get("task_id") or uuid()],
-                    expires=options.get("expires", self.expires),
-                    ignore_result=self.ignore_result if options.get("ignore_result") is None
-                    else options["ignore_result"],
+                    expires=options.get("expires", self.expires), ignore_result=options.get("ignore_result"),
                 )[0]
             except (redis.ConnectionError, redis.TimeoutError):
                 pass  # Celery's path retries as its publish retry policy says
