@@ -3,42 +3,72 @@
 Callers use ``task.delay(sample)`` and ``AsyncResult.get()`` as with any
 Celery task; each worker drains many such tasks at once and runs them as one
 ``predict(batch)``.
+
+The names below load lazily: ``import celery_batching.engine.local`` (the
+in-process streamer) loads no Celery, kombu or Redis.
 """
 
-from .client import gather, submit_many
-from .errors import (
-    BatchingError,
-    BatchSizeMismatch,
-    ConfigurationError,
-    InvalidSample,
-    InvalidTaskCall,
-    MalformedMessage,
-    ModelLoadError,
-    ResultNotSerializable,
-    SampleTooLarge,
-)
-from .hooks import BatchHooks
-from .local import LocalStreamer
-from .model import ManagedModel
-from .policy import FlushPolicy
-from .task import BatchedTask, batched
+from __future__ import annotations
 
-__all__ = [
-    "BatchHooks",
-    "BatchSizeMismatch",
-    "BatchedTask",
-    "BatchingError",
-    "ConfigurationError",
-    "FlushPolicy",
-    "InvalidSample",
-    "InvalidTaskCall",
-    "LocalStreamer",
-    "MalformedMessage",
-    "ManagedModel",
-    "ModelLoadError",
-    "ResultNotSerializable",
-    "SampleTooLarge",
-    "batched",
-    "gather",
-    "submit_many",
-]
+import importlib
+from typing import TYPE_CHECKING, Any
+
+# Public name -> the module that defines it.
+_EXPORTS = {
+    "BatchHooks": "celery_batching.engine.hooks",
+    "FlushPolicy": "celery_batching.engine.policy",
+    "LocalStreamer": "celery_batching.engine.local",
+    "ManagedModel": "celery_batching.models.base",
+    "BatchedTask": "celery_batching.client.task",
+    "batched": "celery_batching.client.task",
+    "gather": "celery_batching.client.gather",
+    "submit_many": "celery_batching.client.gather",
+    **{
+        name: "celery_batching.errors"
+        for name in (
+            "BatchSizeMismatch",
+            "BatchingError",
+            "ConfigurationError",
+            "InvalidSample",
+            "InvalidTaskCall",
+            "MalformedMessage",
+            "ModelLoadError",
+            "ResultNotSerializable",
+            "SampleTooLarge",
+        )
+    },
+}
+
+__all__ = sorted(_EXPORTS)
+
+if TYPE_CHECKING:
+    from .client.gather import gather, submit_many
+    from .client.task import BatchedTask, batched
+    from .engine.hooks import BatchHooks
+    from .engine.local import LocalStreamer
+    from .engine.policy import FlushPolicy
+    from .errors import (
+        BatchingError,
+        BatchSizeMismatch,
+        ConfigurationError,
+        InvalidSample,
+        InvalidTaskCall,
+        MalformedMessage,
+        ModelLoadError,
+        ResultNotSerializable,
+        SampleTooLarge,
+    )
+    from .models.base import ManagedModel
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'celery_batching' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

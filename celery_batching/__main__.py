@@ -1,5 +1,5 @@
 """``python -m celery_batching``: the ``celery-batching`` command."""
 
-from .cli import main
+from .deploy.cli import main
 
 raise SystemExit(main())

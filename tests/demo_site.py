@@ -74,7 +74,7 @@ def start_demo_worker(redis_server: RedisServer, checkpoint: str, *queues: str, 
 @pytest.fixture(scope="module")
 def embed_worker(redis_server: RedisServer, tiny_checkpoint: str, demo_site: dict[str, str]) -> Iterator[Worker]:
     """One worker serving the ``embed`` queue for a whole test module, once this process's site sees it."""
-    from django_demo.inference.workers import directory
+    from django_demo.inference.service import directory
 
     worker = start_demo_worker(redis_server, tiny_checkpoint, "embed")
     wait_until(lambda: worker.name in directory().workers().get("embed", []), 30, "the site to see the embed worker")

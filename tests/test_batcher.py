@@ -7,7 +7,7 @@ import threading
 import pytest
 
 from celery_batching import BatchSizeMismatch, FlushPolicy, LocalStreamer
-from celery_batching.batcher import Batcher, BatchReport, Request, predict_isolated
+from celery_batching.engine.batcher import Batcher, BatchReport, Request, predict_isolated
 
 
 class RecordingModel:

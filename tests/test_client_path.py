@@ -23,8 +23,9 @@ from celery.exceptions import TimeoutError as CeleryTimeoutError
 from celery.result import AsyncResult
 
 from celery_batching import gather, submit_many
-from celery_batching.publish import FAST_CLIENT_SETTING, envelope
-from celery_batching.replies import BatchedResult, reply_hub
+from celery_batching.client.publish import FAST_CLIENT_SETTING
+from celery_batching.protocol import envelope
+from celery_batching.client.replies import BatchedResult, reply_hub
 from tests.servers import wait_until
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from celery_batching.devices import (
+from celery_batching.deploy.devices import (
     THREAD_VARS,
     configure_threads,
     parse_device,
@@ -197,7 +197,7 @@ def test_threads_set_before_torch_import_reach_torch():
     # Given a fresh process, When threads are configured before torch loads, Then torch uses them.
     result = _run_python(
         """
-        from celery_batching.devices import configure_threads
+        from celery_batching.deploy.devices import configure_threads
         configure_threads(1)
         import torch
         print(torch.get_num_threads())
@@ -213,7 +213,7 @@ def test_threads_set_after_torch_import_warn_and_still_apply():
         """
         import logging, torch
         logging.basicConfig()
-        from celery_batching.devices import configure_threads
+        from celery_batching.deploy.devices import configure_threads
         configure_threads(1)
         print(torch.get_num_threads())
         """

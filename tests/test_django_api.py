@@ -104,7 +104,7 @@ def test_timeout_is_504_and_the_tasks_are_revoked(client, embed_worker, monkeypa
     from django.test import override_settings
 
     from django_demo.celery import app
-    from django_demo.inference.workers import directory
+    from django_demo.inference.service import directory
 
     # Given a worker that the site has seen alive, then frozen (SIGSTOP) so it answers nothing
     assert post(client, "/api/embed", {"text": "warm"}).status_code == 200
@@ -201,7 +201,7 @@ def test_async_timeout_is_504(async_client, embed_worker, monkeypatch):  # noqa:
     from django.test import override_settings
 
     from django_demo.celery import app
-    from django_demo.inference.workers import directory
+    from django_demo.inference.service import directory
 
     monkeypatch.setattr(directory(), "grace", 3600.0)
     embed_worker.signal(signal.SIGSTOP)

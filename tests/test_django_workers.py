@@ -6,26 +6,8 @@ site notices a stopped worker within its grace period.
 
 from __future__ import annotations
 
-import pytest
-
 from tests.demo_site import client, demo_site, post, start_demo_worker, tiny_checkpoint  # noqa: F401 - fixtures
 from tests.servers import wait_until
-
-
-@pytest.mark.parametrize(
-    ("sightings", "now", "expected"),
-    [
-        ({}, 10.0, {}),
-        ({("embed", "w1"): 9.0}, 10.0, {"embed": ["w1"]}),
-        ({("embed", "w1"): 6.0}, 10.0, {}),  # older than the 3 s grace
-        ({("embed", "w1"): 7.0}, 10.0, {"embed": ["w1"]}),  # exactly at the grace
-        ({("embed", "w2"): 9.0, ("embed", "w1"): 9.5, ("fill_mask", "w1"): 1.0}, 10.0, {"embed": ["w1", "w2"]}),
-    ],
-)
-def test_live_workers_table(sightings, now, expected):
-    from django_demo.inference.workers import live_workers
-
-    assert live_workers(sightings, now, grace=3.0) == expected
 
 
 def test_fill_mask_without_a_checkpoint_says_how_to_set_it(client):
@@ -41,7 +23,7 @@ def test_fill_mask_without_a_checkpoint_says_how_to_set_it(client):
 
 def test_no_worker_for_the_queue_is_503_and_nothing_is_sent(client, redis_server):
     # Given no worker serves fill_mask (and the site has polled the workers once)
-    from django_demo.inference.workers import directory
+    from django_demo.inference.service import directory
 
     directory().workers()
     before = redis_server.client(0).llen("fill_mask")
@@ -59,9 +41,8 @@ def test_no_worker_for_the_queue_is_503_and_nothing_is_sent(client, redis_server
 def test_fill_mask_runs_on_a_worker_and_a_stopped_worker_gives_503(client, redis_server, tiny_checkpoint):  # noqa: F811
     from celery import Celery
 
-    from django_demo.inference.workers import WorkerDirectory, directory
-
-    from celery_batching.control import serving_workers
+    from celery_batching.client.directory import WorkerDirectory, serving_workers
+    from django_demo.inference.service import directory
 
     # Given a worker serving fill_mask with the tiny checkpoint, seen by the site
     worker = start_demo_worker(redis_server, tiny_checkpoint, "fill_mask")

@@ -17,10 +17,10 @@ from typing import Sequence
 import pytest
 
 from celery_batching import gather, submit_many
-from celery_batching.cli import WORKERS_OPTIONS, add_options
-from celery_batching.devices import plan_workers
+from celery_batching.deploy.cli import WORKERS_OPTIONS, add_options
+from celery_batching.deploy.devices import plan_workers
 from celery_batching.errors import ConfigurationError
-from celery_batching.launcher import (
+from celery_batching.deploy.launcher import (
     RestartPolicy,
     describe_exit,
     restart_delay,

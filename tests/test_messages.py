@@ -7,10 +7,7 @@ import json
 
 import pytest
 
-from celery_batching.broker import Claimed
-from celery_batching.messages import MessageDecoder
-from celery_batching.publish import SENT_AT_HEADER
-from celery_batching.replies import CHANNEL_PREFIX, REPLY_HEADER
+from celery_batching.protocol import CHANNEL_PREFIX, REPLY_HEADER, SENT_AT_HEADER, Claimed, MessageDecoder
 
 TASK = "tests.double"
 

@@ -10,7 +10,7 @@ from celery import Celery
 from prometheus_client import CollectorRegistry
 
 from celery_batching.errors import ConfigurationError, InvalidSample
-from celery_batching.metrics import PORT_ENV, PrometheusHooks, metrics_port, start_metrics
+from celery_batching.worker.metrics import PORT_ENV, PrometheusHooks, metrics_port, start_metrics
 
 
 def free_port() -> int:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from celery_batching import ConfigurationError, FlushPolicy
-from celery_batching.policy import Flush, Idle, WaitUntil
+from celery_batching.engine.policy import Flush, Idle, WaitUntil
 
 T0 = 1000.0
 

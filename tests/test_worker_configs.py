@@ -13,7 +13,7 @@ import pytest
 from celery import Celery
 
 from celery_batching import gather, submit_many
-from celery_batching.devices import _torch_cuda_device_count
+from celery_batching.deploy.devices import _torch_cuda_device_count
 from tests.servers import Worker
 from worker_configs import layer_onto, settings_of
 

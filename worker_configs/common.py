@@ -11,7 +11,7 @@ import socket as _socket
 
 from celery import signals as _signals
 
-from celery_batching.devices import configure_threads as _configure_threads
+from celery_batching.deploy.devices import configure_threads as _configure_threads
 
 # CELERY_BATCHING_THREADS (set per worker by the launcher) -> OMP/MKL/OpenBLAS/numexpr.
 _configure_threads(None)

@@ -3,7 +3,7 @@
 Inside the process the GPU is ``cuda:0`` (CUDA_VISIBLE_DEVICES=2).
 """
 
-from celery_batching.devices import pin_process as _pin_process
+from celery_batching.deploy.devices import pin_process as _pin_process
 
 from worker_configs.common import *  # noqa: F401,F403
 

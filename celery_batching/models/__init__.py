@@ -1,4 +1,5 @@
-"""Bundled models for batched tasks (the ``models`` extra: torch, transformers).
+"""Models for batched tasks: the :class:`~celery_batching.models.base.ManagedModel`
+contract, and bundled models (the ``models`` extra: torch, transformers).
 
 Import the classes from their modules, e.g.
 ``from celery_batching.models.embeddings import MiniLMEmbedder``. Importing

@@ -14,7 +14,7 @@ from abc import abstractmethod
 from typing import Any, ClassVar, TypeVar
 
 from ..errors import InvalidSample, ModelLoadError
-from ..model import ManagedModel
+from .base import ManagedModel
 from .bucketing import map_buckets, plan_buckets
 from .hf import token_ids
 from .options import TextModelOptions, parse_options

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import threading
 
-from celery_batching.devices import resolve_device
+from celery_batching.deploy.devices import resolve_device
 from celery_batching.models.embeddings import MiniLMEmbedder
 
 _lock = threading.Lock()

@@ -10,6 +10,7 @@ nothing becomes a 500.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,10 +25,9 @@ from kombu.exceptions import OperationalError
 from redis.exceptions import RedisError
 
 from celery_batching import InvalidSample, gather, submit_many
+from celery_batching.client.aio import gather_async
+from celery_batching.client.directory import WorkerDirectory
 from django_demo.celery import app
-
-from .aresults import gather_async
-from .workers import directory
 
 logger = logging.getLogger(__name__)
 
@@ -73,6 +73,24 @@ async def run_async(job: Job) -> dict[str, Any]:
     except Exception as exc:  # noqa: BLE001 - every failure is mapped to an answer
         raise _failure(job, task_ids, exc) from exc
     return _answer(job, values, started)
+
+
+_directory: WorkerDirectory | None = None
+_directory_lock = threading.Lock()
+
+
+def directory() -> WorkerDirectory:
+    """This process's directory of live workers, configured from the ``DEMO_WORKER_*`` settings."""
+    global _directory
+    with _directory_lock:
+        if _directory is None:
+            _directory = WorkerDirectory(
+                app,
+                interval=settings.DEMO_WORKER_POLL_INTERVAL,
+                reply_timeout=settings.DEMO_WORKER_REPLY_TIMEOUT,
+                grace=settings.DEMO_WORKER_GRACE,
+            )
+        return _directory
 
 
 def require_worker(queue: str) -> None:

@@ -22,9 +22,8 @@ from celery_batching import InvalidSample
 
 from . import naive, tasks
 from .jobs import embed_job, fill_mask_job, limits, similarity_job
-from .service import ApiError, Job, run, run_async
+from .service import ApiError, Job, directory, run, run_async
 from .validation import BadRequest, parse_json, read_texts
-from .workers import directory
 
 Prepare = Callable[[dict[str, Any]], Job]
 View = Callable[[HttpRequest], JsonResponse]

@@ -31,12 +31,12 @@ from celery.exceptions import TaskRevokedError
 from celery.worker import state as worker_state
 from kombu.serialization import prepare_accept_content
 
-from .batcher import Batcher, BatchReport, Outcome, PredictFn, Request
-from .broker import RedisQueue
+from ..engine.batcher import Batcher, BatchReport, Outcome, PredictFn, Request
+from ..engine.hooks import BatchHooks, call_hooks
+from ..engine.policy import FlushPolicy
+from ..protocol import MessageDecoder, TaskMessage
+from .claim import RedisQueue
 from .events import TaskEvents
-from .hooks import BatchHooks, call_hooks
-from .messages import MessageDecoder, TaskMessage
-from .policy import FlushPolicy
 from .results import ResultWriter, TaskResult
 
 logger = logging.getLogger(__name__)

@@ -25,14 +25,11 @@ from celery.exceptions import TimeoutError as CeleryTimeoutError
 from celery.result import AsyncResult, assert_will_not_block
 from kombu.utils.uuid import uuid
 
+from ..protocol import CHANNEL_PREFIX
 from .per_process import PerProcess
 
 logger = logging.getLogger(__name__)
 
-#: Message header naming the channel the worker also publishes the result on.
-REPLY_HEADER = "batching_reply_to"
-#: Every reply channel starts with this; a worker publishes to no other channel.
-CHANNEL_PREFIX = "celery-batching-reply-"
 # A wait that heard nothing for this long reads the stored result itself: a reply
 # published while the listener was reconnecting is never delivered.
 RECHECK_SECONDS = 1.0
@@ -40,11 +37,6 @@ RECHECK_SECONDS = 1.0
 SUBSCRIBE_TIMEOUT_SECONDS = 5.0
 # Pause before the listener reconnects after losing Redis.
 RECONNECT_PAUSE_SECONDS = 0.5
-
-
-def is_reply_channel(value: Any) -> bool:
-    """Whether a header value names a reply channel (anything else is ignored)."""
-    return isinstance(value, str) and value.startswith(CHANNEL_PREFIX) and len(value) <= 100
 
 
 class ReplySlot:

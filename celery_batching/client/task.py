@@ -2,7 +2,7 @@
 
 To its callers a batched task is an ordinary Celery task taking one sample
 (``.delay(sample)``, ``.apply_async``, ``AsyncResult``, revoke, Flower). Only
-its worker differs: the :mod:`~celery_batching.bootstep` installed here makes
+its worker differs: the :mod:`~celery_batching.worker.bootstep` installed here makes
 every ``celery worker`` of the app serve the task's queue in batches.
 """
 
@@ -13,11 +13,13 @@ from typing import Any, TypeVar, overload
 
 import redis
 from celery import Celery, Task
+from celery.signals import celeryd_init
+from celery.utils.text import str_to_list
 from kombu.utils.uuid import uuid
 
-from .errors import ConfigurationError
-from .model import ManagedModel
-from .policy import FlushPolicy
+from ..engine.policy import FlushPolicy
+from ..errors import ConfigurationError
+from ..models.base import ManagedModel
 from .publish import can_send_fast, send_many
 
 # Largest encoded sample a worker accepts by default; bigger ones fail alone.
@@ -25,6 +27,10 @@ DEFAULT_MAX_SAMPLE_BYTES = 1 << 20
 
 BatchFn = Callable[[list[Any]], Sequence[Any]]
 F = TypeVar("F", bound=BatchFn)
+#: The worker bootstep, named rather than imported: the client side never loads the worker's code.
+WORKER_STEP = "celery_batching.worker.bootstep:BatchingStep"
+#: Where the ``-Q``/``-X`` of a starting worker are kept for the bootstep.
+QUEUE_OPTIONS_ATTR = "batching_queue_options"
 
 
 class BatchedTask(Task):
@@ -43,7 +49,7 @@ class BatchedTask(Task):
     def apply_async(self, args: Any = None, kwargs: Any = None, **options: Any) -> Any:
         """Send to the task's batch queue unless the caller names another queue.
 
-        Plain calls take the fast path of :mod:`~celery_batching.publish`;
+        Plain calls take the fast path of :mod:`~celery_batching.client.publish`;
         anything it does not cover (links, countdown, signal receivers, ...)
         goes through Celery's own ``apply_async``.
         """
@@ -114,9 +120,7 @@ def batched(
     if model_options is not None and model is None:
         raise ConfigurationError("model_options given without model=")
 
-    from .bootstep import install  # the worker side, registered once per app
-
-    install(app)
+    _install_worker_side(app)
 
     def declare(origin: Any, function: BatchFn | None, task_name: str) -> BatchedTask:
         base = type(
@@ -144,6 +148,25 @@ def batched(
         return declare(function, function, name or f"{function.__module__}.{function.__qualname__}")
 
     return decorator
+
+
+def _install_worker_side(app: Celery) -> None:
+    """Make every ``celery worker`` of ``app`` serve its batched queues (idempotent)."""
+    app.steps["worker"].add(WORKER_STEP)
+    celeryd_init.connect(_remember_queue_options, weak=False, dispatch_uid="celery-batching-queues")
+
+
+def _remember_queue_options(sender: Any = None, instance: Any = None, options: Any = None, **_: Any) -> None:
+    """Keep ``-Q``/``-X`` on the worker: Celery consumes them before bootsteps see their options.
+
+    Connected when a task is declared, because ``celeryd_init`` fires before
+    the worker loads its bootsteps.
+    """
+    options = options or {}
+    setattr(instance, QUEUE_OPTIONS_ATTR, (
+        str_to_list(options.get("queues")) or [],
+        str_to_list(options.get("exclude_queues")) or [],
+    ))
 
 
 def _one_sample_body(origin: Any) -> Callable[..., Any]:

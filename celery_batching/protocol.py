@@ -1,7 +1,12 @@
-"""Decoding Celery task messages taken from a batched queue.
+"""The batched task message on the wire: header names, the envelope, decoding it.
 
-Only protocol 2 (Celery >= 4) messages of the queue's own batched task, with
-exactly one positional argument, become samples; anything else becomes a
+Both sides import this module and nothing else to agree on the format. The
+message is Celery's task protocol 2 inside kombu's Redis transport envelope,
+so ordinary Celery clients and tools read and write it too; celery-batching
+adds two optional headers (:data:`SENT_AT_HEADER`, :data:`REPLY_HEADER`).
+
+Decoding accepts only protocol 2 (Celery >= 4) messages of the queue's own
+batched task, with exactly one positional argument; anything else becomes a
 :class:`TaskMessage` carrying the error that fails it (or, with no task id to
 report to, is just acknowledged and logged). The content type must be one the
 worker accepts (``accept_content``; JSON by default), so pickle stays refused
@@ -14,21 +19,80 @@ import base64
 import binascii
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
 from celery.utils.time import maybe_iso8601
 from kombu.exceptions import ContentDisallowed
-from kombu.serialization import loads
+from celery import Task
+from kombu.serialization import dumps, loads
+from kombu.utils.json import dumps as json_dumps
+from kombu.utils.uuid import uuid
 
-from .broker import Claimed
 from .errors import BatchingError, InvalidTaskCall, MalformedMessage, SampleTooLarge
-from .publish import SENT_AT_HEADER
-from .replies import REPLY_HEADER, is_reply_channel
 
+#: Message header with the send time (seconds since the epoch): the worker's queue-wait metric.
+SENT_AT_HEADER = "batching_sent_at"
+#: Message header naming the channel the worker also publishes the result on.
+REPLY_HEADER = "batching_reply_to"
+#: Every reply channel starts with this; a worker publishes to no other channel.
+CHANNEL_PREFIX = "celery-batching-reply-"
+#: The remote-control command a worker answers with the batched queues it serves.
+SERVING_COMMAND = "batched_queues"
 # How much of an unreadable payload to quote in an error message.
 _QUOTE_BYTES = 80
+
+
+def is_reply_channel(value: Any) -> bool:
+    """Whether a header value names a reply channel (anything else is ignored)."""
+    return isinstance(value, str) and value.startswith(CHANNEL_PREFIX) and len(value) <= 100
+
+
+def envelope(task: Task, task_id: str, sample: Any, queue: str, *, expires: Any, ignore_result: bool,
+             reply_channel: str | None = None,
+             on_sent_event: Callable[[dict[str, Any]], None] | None = None) -> str:
+    """The kombu Redis transport's JSON envelope of one Celery protocol 2 message.
+
+    With ``on_sent_event``, the message's ``task-sent`` event fields are handed to it.
+    """
+    message = task.app.amqp.as_task_v2(
+        task_id, task.name, (sample,), {}, expires=expires, root_id=task_id, ignore_result=ignore_result,
+        create_sent_event=on_sent_event is not None,
+    )
+    if on_sent_event is not None:
+        on_sent_event({**message.sent_event, "queue": queue, "exchange": "", "routing_key": queue})
+    headers = message.headers
+    headers[SENT_AT_HEADER] = time.time()
+    if reply_channel is not None:
+        headers[REPLY_HEADER] = reply_channel
+    content_type, content_encoding, body = dumps(message.body, serializer=task.serializer)
+    if isinstance(body, str):
+        body = body.encode(content_encoding or "utf-8")
+    properties = dict(message.properties)
+    properties.update(
+        delivery_mode=2,
+        delivery_info={"exchange": "", "routing_key": queue},
+        priority=0,
+        body_encoding="base64",
+        delivery_tag=uuid(),
+    )
+    return json_dumps({
+        "body": base64.b64encode(body).decode(),
+        "content-encoding": content_encoding,
+        "content-type": content_type,
+        "headers": headers,
+        "properties": properties,
+    })
+
+
+@dataclass(frozen=True)
+class Claimed:
+    """One message taken from a queue: its delivery tag and raw payload."""
+
+    tag: str
+    payload: bytes
 
 
 @dataclass
@@ -47,7 +111,7 @@ class TaskMessage:
     parent_id: str | None = None
     #: When the sender sent it (seconds since the epoch), if it said.
     sent_at: float | None = None
-    #: The sender's reply channel (:mod:`~celery_batching.replies`), if it named a valid one.
+    #: The sender's reply channel (:mod:`~celery_batching.client.replies`), if it named a valid one.
     reply_channel: str | None = None
     received_fields: dict[str, Any] = field(default_factory=dict)
 
@@ -72,19 +136,19 @@ class MessageDecoder:
     def decode(self, claimed: Claimed) -> TaskMessage:
         message = TaskMessage(claimed)
         try:
-            envelope = json.loads(claimed.payload)
-            if not isinstance(envelope, dict):
-                raise ValueError(f"a JSON {type(envelope).__name__}, not an object")
+            outer = json.loads(claimed.payload)
+            if not isinstance(outer, dict):
+                raise ValueError(f"a JSON {type(outer).__name__}, not an object")
         except ValueError as exc:
             message.error = MalformedMessage(
-                f"queue {self.queue!r}: message is not a kombu JSON envelope ({exc}): "
+                f"queue {self.queue!r}: message is not a kombu JSON outer ({exc}): "
                 f"{claimed.payload[:_QUOTE_BYTES]!r}"
             )
             return message
-        headers = envelope.get("headers")
-        properties = envelope.get("properties")
+        headers = outer.get("headers")
+        properties = outer.get("properties")
         if not isinstance(headers, dict) or not isinstance(properties, dict) or "task" not in headers:
-            message.task_id = _protocol1_id(envelope)
+            message.task_id = _protocol1_id(outer)
             message.error = MalformedMessage(
                 f"queue {self.queue!r}: not a Celery task protocol 2 message "
                 f"(headers: {sorted(headers) if isinstance(headers, dict) else type(headers).__name__}); "
@@ -111,7 +175,7 @@ class MessageDecoder:
         }
         try:
             message.expires = _parse_expires(headers.get("expires"))
-            message.sample = self._sample(headers, envelope, properties)
+            message.sample = self._sample(headers, outer, properties)
         except BatchingError as exc:
             message.error = exc
         except Exception as exc:  # noqa: BLE001 - every decoding problem fails this task alone
@@ -121,14 +185,14 @@ class MessageDecoder:
             )
         return message
 
-    def _sample(self, headers: dict[str, Any], envelope: dict[str, Any], properties: dict[str, Any]) -> Any:
+    def _sample(self, headers: dict[str, Any], outer: dict[str, Any], properties: dict[str, Any]) -> Any:
         name = headers["task"]
         if name != self.task_name:
             raise MalformedMessage(
                 f"queue {self.queue!r} is served by the batched task {self.task_name!r}; "
                 f"task {name!r} cannot run here: route it to another queue"
             )
-        raw = envelope.get("body", "")
+        raw = outer.get("body", "")
         if properties.get("body_encoding") == "base64":
             try:
                 raw = base64.b64decode(raw)
@@ -138,9 +202,9 @@ class MessageDecoder:
             raw = raw.encode()
         if self.max_sample_bytes is not None and len(raw) > self.max_sample_bytes:
             raise SampleTooLarge(self.task_name, len(raw), self.max_sample_bytes)
-        content_type = envelope.get("content-type")
+        content_type = outer.get("content-type")
         try:
-            body = loads(raw, content_type, envelope.get("content-encoding", "utf-8"), accept=self.accept)
+            body = loads(raw, content_type, outer.get("content-encoding", "utf-8"), accept=self.accept)
         except ContentDisallowed as exc:
             raise MalformedMessage(
                 f"{self.task_name}: content type {content_type!r} is refused; this worker "
@@ -155,10 +219,10 @@ class MessageDecoder:
         return args[0]
 
 
-def _protocol1_id(envelope: dict[str, Any]) -> str | None:
+def _protocol1_id(outer: dict[str, Any]) -> str | None:
     """The task id of a protocol 1 message (its body is a dict), to report the failure to."""
     try:
-        raw = base64.b64decode(envelope["body"])
+        raw = base64.b64decode(outer["body"])
         body = json.loads(raw)
         return str(body["id"]) if isinstance(body, dict) and body.get("id") else None
     except Exception:  # noqa: BLE001 - best effort: no id means nobody to tell

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
 from .devices import WorkerSpec, plan_workers
-from .errors import ConfigurationError
+from ..errors import ConfigurationError
 from .launcher import RestartPolicy, Supervisor, with_device, with_threads, worker_command, worker_env
 
 # Log line format of the launcher itself (the workers use their own).

@@ -1,8 +1,8 @@
 """Which queues have a live worker, as this web process last heard.
 
 A task sent to a queue that no worker serves waits silently until the view
-times out. Asking the workers (:func:`celery_batching.control.serving_workers`,
-a broadcast) takes a whole reply timeout, too slow for a request, so a daemon
+times out. Asking the workers (:func:`serving_workers`, a broadcast of the
+``batched_queues`` command) takes a whole reply timeout, too slow for a request, so a daemon
 thread asks every few seconds and requests read its last answer: "no worker"
 costs a request nothing. A worker counts as live for a grace period after its
 last answer, so one late reply (a worker busy starting a batch, a slow broker)
@@ -19,9 +19,25 @@ from collections.abc import Callable, Mapping
 
 from celery import Celery
 
-from celery_batching.control import serving_workers
+from ..protocol import SERVING_COMMAND
 
 logger = logging.getLogger(__name__)
+
+
+def serving_workers(app: Celery, timeout: float = 1.0) -> dict[str, list[str]]:
+    """Queue name -> names of the workers that answered within ``timeout`` seconds serving it.
+
+    Blocks for the whole ``timeout`` (replies are collected until then), so
+    call it off the request path. Broker errors propagate.
+    """
+    replies = app.control.broadcast(SERVING_COMMAND, reply=True, timeout=timeout) or []
+    served: dict[str, set[str]] = {}
+    for reply in replies:
+        for hostname, queues in reply.items():
+            if isinstance(queues, list):  # a worker without the command answers {"error": ...}
+                for queue in queues:
+                    served.setdefault(queue, set()).add(hostname)
+    return {queue: sorted(hosts) for queue, hosts in sorted(served.items())}
 
 
 def live_workers(sightings: Mapping[tuple[str, str], float], now: float, grace: float) -> dict[str, list[str]]:
@@ -98,25 +114,3 @@ class WorkerDirectory:
         while True:
             self.poll()
             time.sleep(self.interval)
-
-
-_directory: WorkerDirectory | None = None
-_directory_lock = threading.Lock()
-
-
-def directory() -> WorkerDirectory:
-    """This process's directory, configured from the ``DEMO_WORKER_*`` settings."""
-    global _directory
-    with _directory_lock:
-        if _directory is None:
-            from django.conf import settings
-
-            from django_demo.celery import app
-
-            _directory = WorkerDirectory(
-                app,
-                interval=settings.DEMO_WORKER_POLL_INTERVAL,
-                reply_timeout=settings.DEMO_WORKER_REPLY_TIMEOUT,
-                grace=settings.DEMO_WORKER_GRACE,
-            )
-        return _directory

@@ -20,8 +20,8 @@ from prometheus_client.exposition import start_http_server
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 
-from celery_batching.errors import ConfigurationError
-from celery_batching.hooks import BatchHooks
+from ..engine.hooks import BatchHooks
+from ..errors import ConfigurationError
 
 # Environment variables, used where app.conf leaves the option unset.
 PORT_ENV = "CELERY_BATCHING_METRICS_PORT"

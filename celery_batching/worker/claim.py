@@ -11,11 +11,12 @@ brings back anything a dead worker had claimed.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
 import redis
+
+from ..protocol import Claimed
 
 # kombu's defaults for its Redis transport; overridable by broker_transport_options.
 DEFAULT_PRIORITY_STEPS = (0, 3, 6, 9)
@@ -24,14 +25,6 @@ PRIORITY_SEPARATOR = "\x06\x16"
 
 def _lua(name: str) -> str:
     return resources.files(__package__).joinpath("lua", name).read_text()
-
-
-@dataclass(frozen=True)
-class Claimed:
-    """One message taken from the queue: its delivery tag and raw payload."""
-
-    tag: str
-    payload: bytes
 
 
 class RedisQueue:

@@ -6,8 +6,8 @@ awaited through it also costs a SUBSCRIBE and an UNSUBSCRIBE. When none of
 that is needed (no options beyond id, expiry and result handling, no priority
 or compression, nobody listening to the publish signals, not inside a
 worker's task), a batched task is sent as the same protocol 2 message with
-one LPUSH, and awaited on the process's reply channel (:mod:`~celery_batching.replies`). ``task-sent``
-events, when enabled, go out in bulk (:mod:`~celery_batching.sent_events`).
+one LPUSH, and awaited on the process's reply channel (:mod:`~celery_batching.client.replies`). ``task-sent``
+events, when enabled, go out in bulk (:mod:`~celery_batching.client.sent_events`).
 
 ``batching_fast_client = False`` in the app's configuration turns this off:
 every call then goes through Celery unchanged.
@@ -15,26 +15,21 @@ every call then goes through Celery unchanged.
 
 from __future__ import annotations
 
-import base64
-import time
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from celery import Celery, signals
 from celery.result import AsyncResult
-from kombu.serialization import dumps
-from kombu.utils.json import dumps as json_dumps
 from kombu.utils.uuid import uuid
 
+from ..protocol import envelope
 from .per_process import PerProcess
-from .replies import REPLY_HEADER, BatchedResult, ReplyHub, reply_hub
-from .sent_events import SentEvents, sent_events
+from .replies import BatchedResult, ReplyHub, reply_hub
+from .sent_events import sent_events
 
 if TYPE_CHECKING:
     from .task import BatchedTask
 
-#: Message header with the send time (seconds since the epoch): the worker's queue-wait metric.
-SENT_AT_HEADER = "batching_sent_at"
 #: The app setting that turns the fast path off.
 FAST_CLIENT_SETTING = "batching_fast_client"
 # apply_async options the fast path honours; any other sends through Celery.
@@ -75,7 +70,8 @@ def send_many(task: BatchedTask, samples: Sequence[Any], queue: str, *, task_ids
     events = sent_events.get(app) if app.conf.task_send_sent_event else None
     payloads = [
         envelope(task, task_id, sample, queue, expires=expires, ignore_result=ignore_result,
-                 reply_channel=hub.channel if hub else None, sent_events=events)
+                 reply_channel=hub.channel if hub else None,
+                 on_sent_event=events.record if events else None)
         for task_id, sample in zip(task_ids, samples)
     ]
     client = _publishers.get(app).client
@@ -115,39 +111,3 @@ def _result(task: BatchedTask, task_id: str, hub: ReplyHub | None, ignore_result
                                slot=hub.expect(task_id))
     result.ignored = ignore_result
     return result
-
-
-def envelope(task: BatchedTask, task_id: str, sample: Any, queue: str, *, expires: Any,
-             ignore_result: bool, reply_channel: str | None = None, sent_events: SentEvents | None = None) -> str:
-    """The kombu Redis transport's JSON envelope of one Celery protocol 2 message.
-
-    With ``sent_events``, the message's ``task-sent`` event is queued there.
-    """
-    message = task.app.amqp.as_task_v2(
-        task_id, task.name, (sample,), {}, expires=expires, root_id=task_id, ignore_result=ignore_result,
-        create_sent_event=sent_events is not None,
-    )
-    if sent_events is not None:
-        sent_events.record({**message.sent_event, "queue": queue, "exchange": "", "routing_key": queue})
-    headers = message.headers
-    headers[SENT_AT_HEADER] = time.time()
-    if reply_channel is not None:
-        headers[REPLY_HEADER] = reply_channel
-    content_type, content_encoding, body = dumps(message.body, serializer=task.serializer)
-    if isinstance(body, str):
-        body = body.encode(content_encoding or "utf-8")
-    properties = dict(message.properties)
-    properties.update(
-        delivery_mode=2,
-        delivery_info={"exchange": "", "routing_key": queue},
-        priority=0,
-        body_encoding="base64",
-        delivery_tag=uuid(),
-    )
-    return json_dumps({
-        "body": base64.b64encode(body).decode(),
-        "content-encoding": content_encoding,
-        "content-type": content_type,
-        "headers": headers,
-        "properties": properties,
-    })

@@ -1,7 +1,7 @@
 """Run and supervise one ``celery worker`` process per planned worker.
 
 The launcher is a small process supervisor: it starts each worker of a plan
-(see :func:`celery_batching.devices.plan_workers`) with its own environment,
+(see :func:`celery_batching.deploy.devices.plan_workers`) with its own environment,
 restarts a worker that dies (with a backoff and a cap per time window, so a
 worker that crashes at startup does not spin), and on SIGINT/SIGTERM asks
 every worker for a warm shutdown, waits up to a deadline, then kills the
@@ -28,9 +28,9 @@ from types import FrameType
 from typing import Callable, Sequence
 
 from .devices import DEVICE_ENV, THREADS_ENV, VISIBLE_ENV, WorkerSpec, configure_threads, parse_device
-from .errors import ConfigurationError
+from ..errors import ConfigurationError
 
-logger = logging.getLogger("celery_batching.launcher")
+logger = logging.getLogger(__name__)
 
 # prctl(2) option: signal to deliver to this process when its parent dies.
 _PR_SET_PDEATHSIG = 1

@@ -21,7 +21,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import Callable, Mapping, MutableMapping, Sequence
 
-from .errors import ConfigurationError
+from ..errors import ConfigurationError
 
 logger = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ class ManagedModel(ABC, Generic[Sample, Output]):
 
     Subclasses implement :meth:`init_model` and :meth:`predict`. ``device`` is
     ``"cuda:0"`` style or ``"cpu"``, decided by the worker (see
-    :mod:`celery_batching.devices`), and set before :meth:`init_model` runs.
+    :mod:`celery_batching.deploy.devices`), and set before :meth:`init_model` runs.
     """
 
     def __init__(self, device: str = "cpu", **options: Any) -> None:

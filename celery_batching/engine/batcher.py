@@ -2,7 +2,7 @@
 
 It knows nothing about Celery or torch. A feeder (the worker's queue consumer,
 or the in-process streamer) :meth:`Batcher.put` s requests; one predictor
-thread takes batches as :class:`~celery_batching.policy.FlushPolicy` decides,
+thread takes batches as :class:`~celery_batching.engine.policy.FlushPolicy` decides,
 runs ``predict`` once per batch and hands one :class:`Outcome` per request to
 ``on_done``. While a batch runs, new requests pile up and form the next one.
 """
@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence, Sized
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import BatchSizeMismatch
+from ..errors import BatchSizeMismatch
 from .hooks import BatchHooks, call_hooks
 from .policy import Flush, FlushPolicy, Idle, WaitUntil
 

@@ -1,7 +1,7 @@
 """The worker bootstep that serves batched queues; installed by ``batched()``.
 
 A plain ``celery -A proj worker`` then serves, with a
-:class:`~celery_batching.consumer.BatchedQueueConsumer` each, the queues of
+:class:`~celery_batching.worker.consumer.BatchedQueueConsumer` each, the queues of
 every batched task of the app (narrowed by ``-Q``/``-X`` as usual), and takes
 those queues away from Celery's own consumer. Models are loaded before the
 worker's consumer starts, so the worker reports ready only once they are.
@@ -13,32 +13,17 @@ import logging
 from typing import Any
 
 from celery import Celery, bootsteps
-from celery.signals import celeryd_init
-from celery.utils.text import str_to_list
+from celery.utils.imports import symbol_by_name
 
+from ..client.task import QUEUE_OPTIONS_ATTR, BatchedTask
+from ..deploy.devices import resolve_device
+from ..engine.hooks import BatchHooks
+from ..errors import ModelLoadError
+from . import control
 from .consumer import BatchedQueueConsumer, QueueSpec
-from .errors import ModelLoadError
-from .hooks import BatchHooks
 from .metrics import start_metrics
-from .task import BatchedTask
 
 logger = logging.getLogger(__name__)
-
-
-def install(app: Celery) -> None:
-    """Register the bootstep on ``app`` (idempotent)."""
-    app.steps["worker"].add(BatchingStep)
-    from . import control  # noqa: F401 - registers the batched_queues remote-control command
-    celeryd_init.connect(_remember_queue_options, weak=False, dispatch_uid="celery-batching-queues")
-
-
-def _remember_queue_options(sender: Any = None, instance: Any = None, options: Any = None, **_: Any) -> None:
-    """Keep ``-Q``/``-X`` on the worker: Celery consumes them before bootsteps see their options."""
-    options = options or {}
-    instance.batching_queue_options = (
-        str_to_list(options.get("queues")) or [],
-        str_to_list(options.get("exclude_queues")) or [],
-    )
 
 
 def batched_tasks(app: Celery) -> list[BatchedTask]:
@@ -53,13 +38,13 @@ def select_served(tasks: list[BatchedTask], include: list[str], exclude: list[st
 class BatchingStep(bootsteps.StartStopStep):
     """Loads the models and runs one batched consumer per served queue."""
 
-    label = "celery-batching"
+    label = control.STEP_LABEL
     # Before the Consumer step (which is last): ready only once models are loaded.
     requires = ("celery.worker.components:Pool",)
 
     def __init__(self, worker: Any, **kwargs: Any) -> None:
         app = worker.app
-        include, exclude = getattr(worker, "batching_queue_options", ([], []))
+        include, exclude = getattr(worker, QUEUE_OPTIONS_ATTR, ([], []))
         self.tasks = select_served(batched_tasks(app), include, exclude)
         self.consumers: list[BatchedQueueConsumer] = []
         served = [task.batch_queue for task in self.tasks]
@@ -118,8 +103,6 @@ class BatchingStep(bootsteps.StartStopStep):
 
 def load_model(app: Celery, task: BatchedTask) -> Any:
     """Build, load and warm up ``task``'s model on this worker's device, or stop the worker."""
-    from .devices import resolve_device
-
     device = resolve_device(app.conf.get("batching_device"))
     try:
         model = task.build_model(device)
@@ -139,8 +122,6 @@ def load_model(app: Celery, task: BatchedTask) -> Any:
 
 def worker_hooks(app: Celery) -> list[BatchHooks]:
     """Hooks configured on the app (``batching_hooks``: instances or import paths)."""
-    from celery.utils.imports import symbol_by_name
-
     hooks = []
     for hook in app.conf.get("batching_hooks") or ():
         hooks.append(symbol_by_name(hook)() if isinstance(hook, str) else hook)

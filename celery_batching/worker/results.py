@@ -19,7 +19,7 @@ from typing import Any
 from celery import Celery, states
 from celery.backends.redis import RedisBackend
 
-from .errors import ResultNotSerializable
+from ..errors import ResultNotSerializable
 
 
 @dataclass
