@@ -51,14 +51,32 @@ def node_names(workers: int) -> list[str]:
 
 def worker_commands(workers: int) -> list[list[str]]:
     """The demo's batching workers, with the options every bench Celery worker gets."""
-    return [[sys.executable, "-m", "celery", "-A", "django_demo", "worker", "-Q", "embed", "-n", name,
-             *CELERY_WORKER_OPTIONS] for name in node_names(workers)]
+    return [
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "django_demo",
+            "worker",
+            "-Q",
+            "embed",
+            "-n",
+            name,
+            *CELERY_WORKER_OPTIONS,
+        ]
+        for name in node_names(workers)
+    ]
 
 
 def site_env(base: dict[str, str], redis_url: str | None) -> dict[str, str]:
     """The demo's settings: the case's Redis for the batched endpoint, else the naive one turned on."""
-    env = {**base, "DJANGO_SECRET_KEY": "benchmark-only", "DJANGO_ALLOWED_HOSTS": "127.0.0.1",
-           "DJANGO_LOG_LEVEL": "WARNING"}
+    env = {
+        **base,
+        "DJANGO_SECRET_KEY": "benchmark-only",
+        "DJANGO_ALLOWED_HOSTS": "127.0.0.1",
+        "DJANGO_LOG_LEVEL": "WARNING",
+    }
     if redis_url is None:
         env["INFERENCE_NAIVE"] = "1"
     else:
@@ -71,14 +89,31 @@ class DemoSite(Group):
 
     def __init__(self, env: dict[str, str], log: Path, threads: int) -> None:
         self.url = f"http://127.0.0.1:{free_port()}"
-        super().__init__([sys.executable, "-m", "gunicorn", "django_demo.wsgi", "--bind", self.url[len("http://"):],
-                          "--workers", "1", "--threads", str(threads), "--timeout", "120"],
-                         env=env, log=log, cwd=REPO)
+        super().__init__(
+            [
+                sys.executable,
+                "-m",
+                "gunicorn",
+                "django_demo.wsgi",
+                "--bind",
+                self.url[len("http://") :],
+                "--workers",
+                "1",
+                "--threads",
+                str(threads),
+                "--timeout",
+                "120",
+            ],
+            env=env,
+            log=log,
+            cwd=REPO,
+        )
 
     def post(self, path: str, text: str) -> int:
         """The status of one POST; 0 when nothing answers yet."""
-        request = urllib.request.Request(self.url + path, data=json.dumps({"text": text}).encode(),
-                                         headers={"Content-Type": "application/json"})
+        request = urllib.request.Request(
+            self.url + path, data=json.dumps({"text": text}).encode(), headers={"Content-Type": "application/json"}
+        )
         try:
             with urllib.request.urlopen(request, timeout=60) as response:
                 return response.status
@@ -106,14 +141,28 @@ def wrk(url: str, connections: int, seconds: float, log: Path) -> Measurement:
     binary = shutil.which("wrk")
     if binary is None:
         raise HarnessError("the http workload needs wrk: apt-get install -y wrk")
-    argv = [binary, f"-t{WRK_THREADS}", f"-c{connections}", f"-d{seconds:g}s", "--latency", "--timeout", "60s",
-            "-s", str(WRK_SCRIPT), url]
+    argv = [
+        binary,
+        f"-t{WRK_THREADS}",
+        f"-c{connections}",
+        f"-d{seconds:g}s",
+        "--latency",
+        "--timeout",
+        "60s",
+        "-s",
+        str(WRK_SCRIPT),
+        url,
+    ]
     done = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 120)
     log.write_text(done.stdout + done.stderr)
     summary = next((line for line in reversed(done.stdout.splitlines()) if line.startswith("{")), None)
     if done.returncode != 0 or summary is None:
         raise HarnessError(f"wrk failed ({done.returncode}):\n{done.stdout[-2000:]}{done.stderr[-2000:]}")
     figures = json.loads(summary)
-    return Measurement(requests=figures["requests"], failed=figures["failed"],
-                       throughput=figures["requests"] / (figures["duration_us"] / 1e6),
-                       p50=figures["p50_us"] / 1e6, p99=figures["p99_us"] / 1e6)
+    return Measurement(
+        requests=figures["requests"],
+        failed=figures["failed"],
+        throughput=figures["requests"] / (figures["duration_us"] / 1e6),
+        p50=figures["p50_us"] / 1e6,
+        p99=figures["p99_us"] / 1e6,
+    )

@@ -11,6 +11,6 @@ BATCHES_PREFETCH_MULTIPLIER = 2 * BATCH_SIZE
 STREAMER_PREFIX = "bench"
 
 # Environment the harness hands to clients and workers.
-REDIS_ENV = "BENCH_REDIS_URL"    # redis://127.0.0.1:PORT (no db)
-MODEL_ENV = "BENCH_MODEL"        # noop, simgpu or minilm
-DEVICE_ENV = "BENCH_DEVICE"      # cpu or cuda:0
+REDIS_ENV = "BENCH_REDIS_URL"  # redis://127.0.0.1:PORT (no db)
+MODEL_ENV = "BENCH_MODEL"  # noop, simgpu or minilm
+DEVICE_ENV = "BENCH_DEVICE"  # cpu or cuda:0

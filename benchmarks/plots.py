@@ -55,12 +55,19 @@ def _plot_system(ax, series: list[Row], workload: str, colour: str) -> None:
         return
     label = series[0].system.label
     if not series[0].system.scalable:
-        ax.axhline(spreads[0].median, linestyle="--" if colour == "black" else ":", linewidth=1.4,
-                   label=label, color=colour)
+        ax.axhline(
+            spreads[0].median, linestyle="--" if colour == "black" else ":", linewidth=1.4, label=label, color=colour
+        )
         return
-    ax.errorbar([row.workers for row in series], [s.median for s in spreads],
-                yerr=[[s.median - s.low for s in spreads], [s.high - s.median for s in spreads]],
-                marker="o", capsize=3, label=label, color=colour)
+    ax.errorbar(
+        [row.workers for row in series],
+        [s.median for s in spreads],
+        yerr=[[s.median - s.low for s in spreads], [s.high - s.median for s in spreads]],
+        marker="o",
+        capsize=3,
+        label=label,
+        color=colour,
+    )
 
 
 def latency_percentiles(rows: Sequence[Row], path: Path) -> None:
@@ -76,8 +83,11 @@ def latency_percentiles(rows: Sequence[Row], path: Path) -> None:
             values = [row.spread(workload, figure).median * 1000 for row in mine]
             ax.bar([i + (k - 1.5) * width for i in range(len(mine))], values, width, label=f"{workload} {figure}")
         ax.set_xticks(range(len(mine)))
-        ax.set_xticklabels([f"{row.system.name}×{row.workers}" if row.system.scalable else row.system.name
-                            for row in mine], rotation=20, fontsize=8)
+        ax.set_xticklabels(
+            [f"{row.system.name}×{row.workers}" if row.system.scalable else row.system.name for row in mine],
+            rotation=20,
+            fontsize=8,
+        )
         ax.set_ylabel("latency ms")
         ax.set_yscale("log")
         ax.set_title(model)

@@ -38,14 +38,27 @@ def free_port() -> int:
 class Group:
     """One started process and its descendants, stopped together."""
 
-    def __init__(self, argv: Sequence[str], *, env: dict[str, str], log: Path, cwd: Path,
-                 stdin: int | None = None, stdout: int | None = None) -> None:
+    def __init__(
+        self,
+        argv: Sequence[str],
+        *,
+        env: dict[str, str],
+        log: Path,
+        cwd: Path,
+        stdin: int | None = None,
+        stdout: int | None = None,
+    ) -> None:
         self.argv = list(argv)
         self.log = log
         self._log_handle = open(log, "ab")
         self.popen = subprocess.Popen(
-            self.argv, cwd=cwd, env=env, start_new_session=True, stdin=stdin,
-            stdout=stdout if stdout is not None else self._log_handle, stderr=self._log_handle,
+            self.argv,
+            cwd=cwd,
+            env=env,
+            start_new_session=True,
+            stdin=stdin,
+            stdout=stdout if stdout is not None else self._log_handle,
+            stderr=self._log_handle,
         )
 
     @property
@@ -99,9 +112,24 @@ class RedisServer(Group):
     def __init__(self, directory: Path) -> None:
         self.port = free_port()
         super().__init__(
-            [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", str(directory), "--loglevel", "warning"],
-            env=dict(os.environ), log=directory / "redis.log", cwd=directory,
+            [
+                REDIS_SERVER,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(directory),
+                "--loglevel",
+                "warning",
+            ],
+            env=dict(os.environ),
+            log=directory / "redis.log",
+            cwd=directory,
         )
         self.url = f"redis://127.0.0.1:{self.port}"
         self.command("PING", timeout=10.0)
@@ -127,8 +155,7 @@ class RedisServer(Group):
 class Client(Group):
     """A client process (benchmarks.client) spoken to with JSON lines."""
 
-    def __init__(self, argv: Sequence[str], *, env: dict[str, str], log: Path, cwd: Path,
-                 start_timeout: float) -> None:
+    def __init__(self, argv: Sequence[str], *, env: dict[str, str], log: Path, cwd: Path, start_timeout: float) -> None:
         super().__init__(argv, env=env, log=log, cwd=cwd, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
         self.expect("ready", start_timeout)
 

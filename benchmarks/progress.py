@@ -37,5 +37,8 @@ class Progress:
             if workload == "saturation":
                 figure += f", p50 {m.p50 * 1000:.1f} ms"
         flags = (" [time limit]" if m.capped else "") + (f" [{m.failed} failed]" if m.failed else "")
-        print(f"[{self.done:>3}/{self.total} {_clock(elapsed)} ~{_clock(left)} left] {what} {workload}: "
-              f"{figure}{flags}", file=self.stream, flush=True)
+        print(
+            f"[{self.done:>3}/{self.total} {_clock(elapsed)} ~{_clock(left)} left] {what} {workload}: {figure}{flags}",
+            file=self.stream,
+            flush=True,
+        )

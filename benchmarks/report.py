@@ -24,8 +24,11 @@ class Row:
 
     def cpu(self, part: str | None = None) -> float:
         """Median CPU seconds per saturation request (all parts, or one)."""
-        values = [rep["saturation"].cpu_total if part is None else rep["saturation"].cpu.get(part, math.nan)
-                  for rep in self.reps if "saturation" in rep and rep["saturation"].cpu]
+        values = [
+            rep["saturation"].cpu_total if part is None else rep["saturation"].cpu.get(part, math.nan)
+            for rep in self.reps
+            if "saturation" in rep and rep["saturation"].cpu
+        ]
         return Spread.of(values).median
 
     def failed(self) -> int:
@@ -41,7 +44,7 @@ class Row:
 def _number(value: float, digits: int) -> str:
     if math.isnan(value):
         return "–"
-    return f"{value:,.{digits}f}" if abs(value) < 10 ** 6 else f"{value:.3g}"
+    return f"{value:,.{digits}f}" if abs(value) < 10**6 else f"{value:.3g}"
 
 
 def _cell(spread: Spread, scale: float = 1.0, digits: int = 0) -> str:
@@ -92,12 +95,17 @@ def table(rows: Sequence[Row], workloads: Sequence[str]) -> str:
                 cells += [_cell(p50, 1000, _ms_digits(p50.median)), _cell(p99, 1000, _ms_digits(p99.median))]
         if "saturation" in workloads:
             parts = " / ".join(_number(row.cpu(part) * 1000, 2) for part in CPU_PARTS)
-            cells += [f"{_number(row.cpu() * 1000, 2)} ({parts})",
-                      _number(row.spread("saturation", "mean_batch").median, 1)]
+            cells += [
+                f"{_number(row.cpu() * 1000, 2)} ({parts})",
+                _number(row.spread("saturation", "mean_batch").median, 1),
+            ]
         if "http" in workloads:
             p50, p99 = row.spread("http", "p50"), row.spread("http", "p99")
-            cells += [_cell(row.spread("http", "throughput")),
-                      _cell(p50, 1000, _ms_digits(p50.median)), _cell(p99, 1000, _ms_digits(p99.median))]
+            cells += [
+                _cell(row.spread("http", "throughput")),
+                _cell(p50, 1000, _ms_digits(p50.median)),
+                _cell(p99, 1000, _ms_digits(p99.median)),
+            ]
         cells.append(str(row.failed()))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -129,8 +137,9 @@ the requests that ran. "failed" counts requests that raised or returned a wrong 
 """
 
 
-def document(title: str, preamble: str, rows: Sequence[Row], workloads: Sequence[str],
-             notes: Sequence[str], plots: Sequence[str]) -> str:
+def document(
+    title: str, preamble: str, rows: Sequence[Row], workloads: Sequence[str], notes: Sequence[str], plots: Sequence[str]
+) -> str:
     """The whole report: preamble, one section per model, legend, notes, plots."""
     parts = [f"# {title}", "", preamble, ""]
     for model in dict.fromkeys(row.model for row in rows):
@@ -139,8 +148,10 @@ def document(title: str, preamble: str, rows: Sequence[Row], workloads: Sequence
     errors = [(row, row.first_error()) for row in rows if row.failed() and row.first_error()]
     if notes or errors:
         parts += ["## Notes", ""] + [f"* {note}" for note in notes]
-        parts += [f"* {row.system.label} ×{row.workers} on {row.model}, first error: `{error.strip().splitlines()[-1]}`"
-                  for row, error in errors]
+        parts += [
+            f"* {row.system.label} ×{row.workers} on {row.model}, first error: `{error.strip().splitlines()[-1]}`"
+            for row, error in errors
+        ]
         parts.append("")
     parts += [f"![{name}]({name})" for name in plots]
     return "\n".join(parts) + "\n"

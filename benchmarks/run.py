@@ -42,15 +42,29 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="small workloads, noop and simgpu (a few minutes)")
     parser.add_argument("--systems", nargs="+", choices=sorted(SYSTEMS), help="default: all")
-    parser.add_argument("--models", nargs="+", choices=sorted(MODELS),
-                        help="default: noop simgpu minilm (--quick: noop simgpu)")
-    parser.add_argument("--workloads", nargs="+", choices=WORKLOADS, default=list(DEFAULT_WORKLOADS),
-                        help="default: drain light saturation; http (the Django demo under gunicorn and wrk, "
-                             "ours and naive on minilm only) is opt-in and needs: apt-get install -y wrk")
-    parser.add_argument("--workers", type=_counts, default=[1, 2, 4],
-                        help="worker counts for celery-batching's batched task (default 1,2,4)")
-    parser.add_argument("--anchor-workers", type=_counts, default=[1],
-                        help="worker counts for Streamer, RedisStreamer, plain Celery, celery-batches (default 1)")
+    parser.add_argument(
+        "--models", nargs="+", choices=sorted(MODELS), help="default: noop simgpu minilm (--quick: noop simgpu)"
+    )
+    parser.add_argument(
+        "--workloads",
+        nargs="+",
+        choices=WORKLOADS,
+        default=list(DEFAULT_WORKLOADS),
+        help="default: drain light saturation; http (the Django demo under gunicorn and wrk, "
+        "ours and naive on minilm only) is opt-in and needs: apt-get install -y wrk",
+    )
+    parser.add_argument(
+        "--workers",
+        type=_counts,
+        default=[1, 2, 4],
+        help="worker counts for celery-batching's batched task (default 1,2,4)",
+    )
+    parser.add_argument(
+        "--anchor-workers",
+        type=_counts,
+        default=[1],
+        help="worker counts for Streamer, RedisStreamer, plain Celery, celery-batches (default 1)",
+    )
     parser.add_argument("--reps", type=int, default=3, help="repetitions of each workload (default 3)")
     parser.add_argument("--saturation", type=int, help="saturation requests per repetition")
     parser.add_argument("--drain", type=int, help="drain requests per worker per repetition")
@@ -68,9 +82,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def sizes_from(args: argparse.Namespace) -> Sizes:
     sizes = QUICK_SIZES if args.quick else Sizes()
-    overrides = {name: getattr(args, name) for name in ("saturation", "drain", "light", "clients", "seconds",
-                                                        "http_seconds")
-                 if getattr(args, name) is not None}
+    overrides = {
+        name: getattr(args, name)
+        for name in ("saturation", "drain", "light", "clients", "seconds", "http_seconds")
+        if getattr(args, name) is not None
+    }
     return replace(sizes, **overrides)
 
 
@@ -99,10 +115,12 @@ def plan(args: argparse.Namespace, notes: list[str]) -> list[Case]:
 
 def _versions() -> str:
     """Versions of the packages that matter, per venv, plus redis-server's."""
-    script = ("import importlib.metadata as m\n"
-              f"for n in {VERSIONED!r}:\n"
-              "    try: print(n, m.version(n))\n"
-              "    except m.PackageNotFoundError: pass\n")
+    script = (
+        "import importlib.metadata as m\n"
+        f"for n in {VERSIONED!r}:\n"
+        "    try: print(n, m.version(n))\n"
+        "    except m.PackageNotFoundError: pass\n"
+    )
     lines = []
     for venv, python in PYTHONS.items():
         if python.exists():
@@ -126,8 +144,12 @@ def preamble(args: argparse.Namespace, sizes: Sizes) -> str:
         f"({sizes.clients} client processes for systems behind Redis, else one); drain {sizes.drain} "
         f"requests per worker; light load {sizes.light} requests; each workload stops sending after "
         f"{sizes.seconds:g} s."
-        + (f" http: wrk for {sizes.http_seconds:g} s with {sizes.in_flight} connections, one text per "
-           f"request; gunicorn, one process, {sizes.in_flight} threads." if "http" in args.workloads else "")
+        + (
+            f" http: wrk for {sizes.http_seconds:g} s with {sizes.in_flight} connections, one text per "
+            f"request; gunicorn, one process, {sizes.in_flight} threads."
+            if "http" in args.workloads
+            else ""
+        )
         + f"\n\nVersions: {_versions()}."
     )
 
@@ -184,8 +206,15 @@ def _plot(rows: list[report.Row], args: argparse.Namespace, stamp: str, notes: l
 
 def _write_json(path: Path, rows: list[report.Row]) -> None:
     """Every figure of every repetition, rewritten after each case (a stopped run keeps them)."""
-    payload = [{"system": row.system.name, "model": row.model, "workers": row.workers,
-                "reps": [{w: m.as_json() for w, m in rep.items()} for rep in row.reps]} for row in rows]
+    payload = [
+        {
+            "system": row.system.name,
+            "model": row.model,
+            "workers": row.workers,
+            "reps": [{w: m.as_json() for w, m in rep.items()} for rep in row.reps],
+        }
+        for row in rows
+    ]
     path.write_text(json.dumps(payload, indent=1))
 
 

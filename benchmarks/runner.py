@@ -52,14 +52,14 @@ SERVED = ("light", "saturation")
 class Sizes:
     """How much load each workload sends."""
 
-    saturation: int = 4000     # requests
-    drain: int = 4000          # requests per worker queued before the workers start
-    light: int = 200           # requests, one at a time
-    in_flight: int = 64        # saturation: requests in flight, all clients together
-    clients: int = 4           # saturation: client processes for systems behind Redis
-    seconds: float = 30.0      # a workload stops sending after this long
-    warmup: int = 4            # requests each client sends before measuring
-    timeout: float = 120.0     # seconds one request may take
+    saturation: int = 4000  # requests
+    drain: int = 4000  # requests per worker queued before the workers start
+    light: int = 200  # requests, one at a time
+    in_flight: int = 64  # saturation: requests in flight, all clients together
+    clients: int = 4  # saturation: client processes for systems behind Redis
+    seconds: float = 30.0  # a workload stops sending after this long
+    warmup: int = 4  # requests each client sends before measuring
+    timeout: float = 120.0  # seconds one request may take
     http_seconds: float = 10.0  # http: how long wrk sends
 
 
@@ -72,8 +72,9 @@ class Case:
 
 def workloads_of(case: Case, wanted: tuple[str, ...]) -> tuple[str, ...]:
     """The workloads of ``wanted`` that apply to ``case``, in running order."""
-    return tuple(w for w in WORKLOADS if w in wanted
-                 and (w != "http" or demo_http.applies(case.system.name, case.model)))
+    return tuple(
+        w for w in WORKLOADS if w in wanted and (w != "http" or demo_http.applies(case.system.name, case.model))
+    )
 
 
 class CaseRun:
@@ -117,29 +118,51 @@ class CaseRun:
 
     def env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")}
-        env.update({MODEL_ENV: self.case.model, DEVICE_ENV: self.device, trace.TRACE_ENV: str(self.trace_dir),
-                    "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-                    "CELERY_BATCHING_DEVICE": self.device,
-                    # Idle OpenMP threads sleep instead of spinning: an in-process system whose
-                    # predict moves between threads would otherwise compete with its own spinners.
-                    "OMP_WAIT_POLICY": "PASSIVE"})
+        env.update(
+            {
+                MODEL_ENV: self.case.model,
+                DEVICE_ENV: self.device,
+                trace.TRACE_ENV: str(self.trace_dir),
+                "PYTHONUNBUFFERED": "1",
+                "HF_HUB_OFFLINE": "1",
+                "TRANSFORMERS_OFFLINE": "1",
+                "CELERY_BATCHING_DEVICE": self.device,
+                # Idle OpenMP threads sleep instead of spinning: an in-process system whose
+                # predict moves between threads would otherwise compete with its own spinners.
+                "OMP_WAIT_POLICY": "PASSIVE",
+            }
+        )
         if self.redis is not None:
             env[REDIS_ENV] = self.redis.url
         return env
 
     def _start_client(self, index: int) -> Client:
         system = self.case.system
-        argv = [str(system.python()), "-m", "benchmarks.client", "--system", system.name,
-                "--model", self.case.model, "--device", self.device, "--workers", str(self.case.workers),
-                "--timeout", str(self.sizes.timeout)]
+        argv = [
+            str(system.python()),
+            "-m",
+            "benchmarks.client",
+            "--system",
+            system.name,
+            "--model",
+            self.case.model,
+            "--device",
+            self.device,
+            "--workers",
+            str(self.case.workers),
+            "--timeout",
+            str(self.sizes.timeout),
+        ]
         if self.redis is not None:
             argv += ["--redis-url", self.redis.url]
         return Client(argv, env=self.env(), log=self.dir / f"client{index}.log", cwd=REPO, start_timeout=300.0)
 
     def start_workers(self) -> None:
         trace.clear_loaded(self.trace_dir)
-        self.workers = [Group(argv, env=self.env(), log=self.dir / f"worker{i}.log", cwd=REPO)
-                        for i, argv in enumerate(self.case.system.worker_commands(self.case.workers))]
+        self.workers = [
+            Group(argv, env=self.env(), log=self.dir / f"worker{i}.log", cwd=REPO)
+            for i, argv in enumerate(self.case.system.worker_commands(self.case.workers))
+        ]
 
     def stop_workers(self) -> None:
         for group in self.workers:
@@ -193,8 +216,14 @@ class CaseRun:
     def warm_up(self) -> None:
         """A few requests per client, so connections are open and workers answer."""
         for client in self.clients:
-            client.send({"cmd": "warmup", "requests": self.sizes.warmup, "offset": self._indices(self.sizes.warmup),
-                         "seconds": self.sizes.timeout})
+            client.send(
+                {
+                    "cmd": "warmup",
+                    "requests": self.sizes.warmup,
+                    "offset": self._indices(self.sizes.warmup),
+                    "seconds": self.sizes.timeout,
+                }
+            )
         for client in self.clients:
             reply = client.expect("warmup", self.sizes.timeout + 60)
             if reply["failed"]:
@@ -208,9 +237,16 @@ class CaseRun:
         for i, (client, share) in enumerate(zip(clients, _shares(requests, len(clients)))):
             out = self.dir / f"out{i}.json"
             outs.append(out)
-            client.send({"cmd": "run", "requests": share, "offset": self._indices(share),
-                         "threads": max(1, in_flight // len(clients)), "out": str(out),
-                         "seconds": self.sizes.seconds})
+            client.send(
+                {
+                    "cmd": "run",
+                    "requests": share,
+                    "offset": self._indices(share),
+                    "threads": max(1, in_flight // len(clients)),
+                    "out": str(out),
+                    "seconds": self.sizes.seconds,
+                }
+            )
         for client in clients:
             client.expect("run", self.sizes.seconds + self.sizes.timeout + 60)
         until = time.time()
@@ -235,8 +271,9 @@ class CaseRun:
         since = time.time()
         clients = self.clients
         for client, share in zip(clients, _shares(count, len(clients))):
-            client.send({"cmd": "fill", "requests": share, "offset": self._indices(share),
-                         "seconds": self.sizes.seconds})
+            client.send(
+                {"cmd": "fill", "requests": share, "offset": self._indices(share), "seconds": self.sizes.seconds}
+            )
         sent = sum(client.expect("fill", self.sizes.seconds + self.sizes.timeout + 60)["sent"] for client in clients)
         released = None
         if self.case.system.external_workers:
@@ -297,15 +334,20 @@ class CaseRun:
         site = None
         try:
             if redis_url is not None:
-                self.workers = [Group(argv, env=env, log=self.dir / f"demo-worker{i}.log", cwd=REPO)
-                                for i, argv in enumerate(demo_http.worker_commands(self.case.workers))]
-                _wait_for_pings(f"{redis_url}/{demo_http.DEMO_DB}", demo_http.node_names(self.case.workers),
-                                deadline, self._check_workers_alive)
+                self.workers = [
+                    Group(argv, env=env, log=self.dir / f"demo-worker{i}.log", cwd=REPO)
+                    for i, argv in enumerate(demo_http.worker_commands(self.case.workers))
+                ]
+                _wait_for_pings(
+                    f"{redis_url}/{demo_http.DEMO_DB}",
+                    demo_http.node_names(self.case.workers),
+                    deadline,
+                    self._check_workers_alive,
+                )
             site = demo_http.DemoSite(env, self.dir / "web.log", threads=self.sizes.in_flight)
             path = demo_http.ENDPOINTS[self.case.system.name]
             site.warm_up(path, self.sizes.warmup, deadline, self._check_workers_alive)
-            return demo_http.wrk(site.url + path, self.sizes.in_flight, self.sizes.http_seconds,
-                                 self.dir / "wrk.log")
+            return demo_http.wrk(site.url + path, self.sizes.in_flight, self.sizes.http_seconds, self.dir / "wrk.log")
         finally:
             if site is not None:
                 site.stop()
@@ -359,8 +401,14 @@ def _wait_for_pings(broker_url: str, names: list[str], deadline: float, check: C
         app.close()
 
 
-def run_case(case: Case, sizes: Sizes, workloads: tuple[str, ...], reps: int, device: str,
-             on_result: Callable[[int, str, Measurement], None]) -> list[dict[str, Measurement]]:
+def run_case(
+    case: Case,
+    sizes: Sizes,
+    workloads: tuple[str, ...],
+    reps: int,
+    device: str,
+    on_result: Callable[[int, str, Measurement], None],
+) -> list[dict[str, Measurement]]:
     """Every repetition of ``case``; ``on_result(rep, workload, measurement)`` as each ends."""
     results: list[dict[str, Measurement]] = []
     mine = workloads_of(case, workloads)

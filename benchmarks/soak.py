@@ -103,8 +103,14 @@ class Supervisor:
         self.logs: list[Path] = []
 
     def _new(self, slot: int) -> Worker:
-        return Worker(APP, self.redis_url, "-Q", f"{QUEUE},celery", name=f"soak{slot}-{time.monotonic_ns()}@localhost",
-                      env=self.env)
+        return Worker(
+            APP,
+            self.redis_url,
+            "-Q",
+            f"{QUEUE},celery",
+            name=f"soak{slot}-{time.monotonic_ns()}@localhost",
+            env=self.env,
+        )
 
     def start(self) -> None:
         for worker in self.workers:
@@ -140,8 +146,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--chunk", type=int, default=500, help="tasks per submit_many")
     parser.add_argument("--fault-every", type=float, default=4.0, help="mean seconds between faults")
     parser.add_argument("--poison-rate", type=float, default=0.0005)
-    parser.add_argument("--predict-seconds", type=float, default=0.005,
-                        help="time one predict takes (so kills land mid-batch)")
+    parser.add_argument(
+        "--predict-seconds", type=float, default=0.005, help="time one predict takes (so kills land mid-batch)"
+    )
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--keep-logs", action="store_true")
     args = parser.parse_args(argv)
@@ -149,19 +156,25 @@ def main(argv: list[str] | None = None) -> int:
 
     record_dir = Path(tempfile.mkdtemp(prefix="cb-soak-"))
     redis_server = RedisServer().start()
-    env = {"CB_RECORD_DIR": str(record_dir), "CB_VISIBILITY_TIMEOUT": VISIBILITY_TIMEOUT,
-           "CB_BATCH_SECONDS": str(args.predict_seconds)}
+    env = {
+        "CB_RECORD_DIR": str(record_dir),
+        "CB_VISIBILITY_TIMEOUT": VISIBILITY_TIMEOUT,
+        "CB_BATCH_SECONDS": str(args.predict_seconds),
+    }
     supervisor = Supervisor(redis_server.url(0), args.workers, env, rng)
     app = load_app(APP, redis_server.url(0))
     samples = sample_plan(args.tasks, args.poison_rate, rng)
-    chunks = [samples[i:i + args.chunk] for i in range(0, len(samples), args.chunk)]
+    chunks = [samples[i : i + args.chunk] for i in range(0, len(samples), args.chunk)]
     tally = Tally()
     try:
         supervisor.start()
         with Announcements(redis_server.client(1)) as announced:
             report = run(args, app, chunks, supervisor, tally, rng)
-            wait_until(lambda: len(announced.counts) >= tally.succeeded + tally.poison_failed, 30,
-                       "every announcement to arrive")
+            wait_until(
+                lambda: len(announced.counts) >= tally.succeeded + tally.poison_failed,
+                30,
+                "every announcement to arrive",
+            )
         report.update(settle(redis_server, samples, record_dir, announced, tally))
     finally:
         supervisor.stop()
@@ -176,8 +189,10 @@ def main(argv: list[str] | None = None) -> int:
 
 def run(args, app, chunks: list[list[int]], supervisor: Supervisor, tally: Tally, rng: random.Random) -> dict:
     """Clients send and wait while the supervisor injects faults; returns timing and memory figures."""
-    threads = [threading.Thread(target=client, args=(app.soak, chunks[i::args.clients], tally), daemon=True)
-               for i in range(args.clients)]
+    threads = [
+        threading.Thread(target=client, args=(app.soak, chunks[i :: args.clients], tally), daemon=True)
+        for i in range(args.clients)
+    ]
     began = time.monotonic()
     for thread in threads:
         thread.start()
@@ -196,8 +211,11 @@ def run(args, app, chunks: list[list[int]], supervisor: Supervisor, tally: Tally
             next_fault = time.monotonic() + rng.expovariate(1 / args.fault_every)
         if now >= next_report:
             done = tally.succeeded + tally.poison_failed
-            print(f"  {now - began:6.0f}s sent {tally.sent} done {done} faults {dict(supervisor.faults)} "
-                  f"rss0 {rss:.1f} MiB", flush=True)
+            print(
+                f"  {now - began:6.0f}s sent {tally.sent} done {done} faults {dict(supervisor.faults)} "
+                f"rss0 {rss:.1f} MiB",
+                flush=True,
+            )
             next_report = now + 10
     seconds = time.monotonic() - began
     rss_end = supervisor.rss_mib()
@@ -205,14 +223,18 @@ def run(args, app, chunks: list[list[int]], supervisor: Supervisor, tally: Tally
         "tasks": args.tasks,
         "seconds": round(seconds, 1),
         "tasks_per_second": round(args.tasks / seconds, 1),
-        "worker0_rss_mib": {"after_warmup": round(rss_start or rss_end, 1), "end": round(rss_end, 1),
-                            "peak": round(rss_peak or rss_end, 1),
-                            "growth": round(rss_end - (rss_start or rss_end), 1)},
+        "worker0_rss_mib": {
+            "after_warmup": round(rss_start or rss_end, 1),
+            "end": round(rss_end, 1),
+            "peak": round(rss_peak or rss_end, 1),
+            "growth": round(rss_end - (rss_start or rss_end), 1),
+        },
     }
 
 
-def settle(redis_server: RedisServer, samples: list[int], record_dir: Path, announced: Announcements,
-           tally: Tally) -> dict:
+def settle(
+    redis_server: RedisServer, samples: list[int], record_dir: Path, announced: Announcements, tally: Tally
+) -> dict:
     """Compare what should exist with what Redis and the model's records say."""
     results = redis_server.client(1)
     stored = results.dbsize()

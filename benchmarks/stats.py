@@ -58,8 +58,12 @@ def from_records(records: Iterable[Sequence[Any]], calls: Sequence[Call]) -> Mea
     latencies = [row[1] for row in rows]
     span = max(start + latency for start, latency, _ in rows) - min(row[0] for row in rows)
     return Measurement(
-        requests=len(rows), failed=sum(1 for row in rows if not row[2]), throughput=_rate(len(rows), span),
-        p50=percentile(latencies, 50), p99=percentile(latencies, 99), mean_batch=mean_batch(calls),
+        requests=len(rows),
+        failed=sum(1 for row in rows if not row[2]),
+        throughput=_rate(len(rows), span),
+        p50=percentile(latencies, 50),
+        p99=percentile(latencies, 99),
+        mean_batch=mean_batch(calls),
     )
 
 
@@ -92,8 +96,9 @@ def _rate(samples: int, seconds: float) -> float:
     return samples / seconds if seconds > 0 else math.nan
 
 
-def cpu_per_request(before: dict[str, dict[int, float]], after: dict[str, dict[int, float]],
-                    requests: int) -> dict[str, float]:
+def cpu_per_request(
+    before: dict[str, dict[int, float]], after: dict[str, dict[int, float]], requests: int
+) -> dict[str, float]:
     """CPU seconds per request for each part, from per-process counters before and after."""
     if requests <= 0:
         return {}

@@ -20,8 +20,15 @@ PYTHONS = {
 }
 # Celery worker options every Celery-based system gets: one process per model
 # (as a GPU worker runs), no cluster chatter, no per-task log lines.
-CELERY_WORKER_OPTIONS = ("--pool", "solo", "--without-gossip", "--without-mingle",
-                         "--without-heartbeat", "--loglevel", "WARNING")
+CELERY_WORKER_OPTIONS = (
+    "--pool",
+    "solo",
+    "--without-gossip",
+    "--without-mingle",
+    "--without-heartbeat",
+    "--loglevel",
+    "WARNING",
+)
 
 
 @dataclass(frozen=True)
@@ -60,27 +67,62 @@ class System:
         """One argv per process the harness starts for ``workers`` workers."""
         python = str(self.python())
         if self.celery_app:
-            return [[python, "-m", "celery", "-A", self.celery_app, "worker", "-n", node, *CELERY_WORKER_OPTIONS]
-                    for node in self.node_names(workers)]
+            return [
+                [python, "-m", "celery", "-A", self.celery_app, "worker", "-n", node, *CELERY_WORKER_OPTIONS]
+                for node in self.node_names(workers)
+            ]
         if self.worker_module:
             return [[python, "-m", self.worker_module, "--workers", str(workers)]]
         return []
 
 
-SYSTEMS: dict[str, System] = {s.name: s for s in (
-    System("direct", "direct: predict on full batches, in-process", "main"),
-    System("naive", "naive: predict([x]) per request, in-process", "main"),
-    System("threaded", "service-streamer ThreadedStreamer", "anchors"),
-    System("streamer", "service-streamer Streamer", "anchors", scalable=True),
-    System("redis_streamer", "service-streamer RedisStreamer", "anchors",
-           worker_module="benchmarks.anchors.redis_streamer_worker", scalable=True, uses_redis=True),
-    System("celery", "plain Celery, one task per sample", "main",
-           celery_app="benchmarks.apps.celery_plain", scalable=True, uses_redis=True),
-    System("celery_batches", "celery-batches", "anchors",
-           celery_app="benchmarks.anchors.celery_batches_app", scalable=True, uses_redis=True),
-    System("ours_local", "celery-batching LocalStreamer, in-process", "main"),
-    System("ours", "celery-batching batched task", "main",
-           celery_app="benchmarks.apps.ours", scalable=True, uses_redis=True),
-    System("ours_celery_client", "celery-batching batched task, Celery's client path (batching_fast_client=False)",
-           "main", celery_app="benchmarks.apps.ours_celery_client", scalable=True, uses_redis=True),
-)}
+SYSTEMS: dict[str, System] = {
+    s.name: s
+    for s in (
+        System("direct", "direct: predict on full batches, in-process", "main"),
+        System("naive", "naive: predict([x]) per request, in-process", "main"),
+        System("threaded", "service-streamer ThreadedStreamer", "anchors"),
+        System("streamer", "service-streamer Streamer", "anchors", scalable=True),
+        System(
+            "redis_streamer",
+            "service-streamer RedisStreamer",
+            "anchors",
+            worker_module="benchmarks.anchors.redis_streamer_worker",
+            scalable=True,
+            uses_redis=True,
+        ),
+        System(
+            "celery",
+            "plain Celery, one task per sample",
+            "main",
+            celery_app="benchmarks.apps.celery_plain",
+            scalable=True,
+            uses_redis=True,
+        ),
+        System(
+            "celery_batches",
+            "celery-batches",
+            "anchors",
+            celery_app="benchmarks.anchors.celery_batches_app",
+            scalable=True,
+            uses_redis=True,
+        ),
+        System("ours_local", "celery-batching LocalStreamer, in-process", "main"),
+        System(
+            "ours",
+            "celery-batching batched task",
+            "main",
+            celery_app="benchmarks.apps.ours",
+            scalable=True,
+            uses_redis=True,
+        ),
+        System(
+            "ours_celery_client",
+            "celery-batching batched task, Celery's client path (batching_fast_client=False)",
+            "main",
+            celery_app="benchmarks.apps.ours_celery_client",
+            scalable=True,
+            uses_redis=True,
+        ),
+    )
+}

@@ -41,8 +41,9 @@ class Outcome:
         return {"records": self.records, "first_error": self.first_error}
 
 
-def closed_loop(adapter: Adapter, model: BenchModel, indices: range, threads: int,
-                deadline: float, timeout: float) -> Outcome:
+def closed_loop(
+    adapter: Adapter, model: BenchModel, indices: range, threads: int, deadline: float, timeout: float
+) -> Outcome:
     """Send ``indices`` as requests from ``threads`` threads, one in flight each.
 
     A ``full_batches`` system (direct) under load runs whole batches instead;
@@ -140,4 +141,4 @@ class Drain:
 
 
 def _chunks(indices: range, size: int) -> list[range]:
-    return [indices[i:i + size] for i in range(0, len(indices), size)]
+    return [indices[i : i + size] for i in range(0, len(indices), size)]

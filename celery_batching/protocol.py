@@ -50,15 +50,29 @@ def is_reply_channel(value: Any) -> bool:
     return isinstance(value, str) and value.startswith(CHANNEL_PREFIX) and len(value) <= 100
 
 
-def envelope(task: Task, task_id: str, sample: Any, queue: str, *, expires: Any, ignore_result: bool,
-             reply_channel: str | None = None,
-             on_sent_event: Callable[[dict[str, Any]], None] | None = None) -> str:
+def envelope(
+    task: Task,
+    task_id: str,
+    sample: Any,
+    queue: str,
+    *,
+    expires: Any,
+    ignore_result: bool,
+    reply_channel: str | None = None,
+    on_sent_event: Callable[[dict[str, Any]], None] | None = None,
+) -> str:
     """The kombu Redis transport's JSON envelope of one Celery protocol 2 message.
 
     With ``on_sent_event``, the message's ``task-sent`` event fields are handed to it.
     """
     message = task.app.amqp.as_task_v2(
-        task_id, task.name, (sample,), {}, expires=expires, root_id=task_id, ignore_result=ignore_result,
+        task_id,
+        task.name,
+        (sample,),
+        {},
+        expires=expires,
+        root_id=task_id,
+        ignore_result=ignore_result,
         create_sent_event=on_sent_event is not None,
     )
     if on_sent_event is not None:
@@ -78,13 +92,15 @@ def envelope(task: Task, task_id: str, sample: Any, queue: str, *, expires: Any,
         body_encoding="base64",
         delivery_tag=uuid(),
     )
-    return json_dumps({
-        "body": base64.b64encode(body).decode(),
-        "content-encoding": content_encoding,
-        "content-type": content_type,
-        "headers": headers,
-        "properties": properties,
-    })
+    return json_dumps(
+        {
+            "body": base64.b64encode(body).decode(),
+            "content-encoding": content_encoding,
+            "content-type": content_type,
+            "headers": headers,
+            "properties": properties,
+        }
+    )
 
 
 @dataclass(frozen=True)
@@ -141,8 +157,7 @@ class MessageDecoder:
                 raise ValueError(f"a JSON {type(outer).__name__}, not an object")
         except ValueError as exc:
             message.error = MalformedMessage(
-                f"queue {self.queue!r}: message is not a kombu JSON outer ({exc}): "
-                f"{claimed.payload[:_QUOTE_BYTES]!r}"
+                f"queue {self.queue!r}: message is not a kombu JSON outer ({exc}): {claimed.payload[:_QUOTE_BYTES]!r}"
             )
             return message
         headers = outer.get("headers")

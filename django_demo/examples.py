@@ -17,11 +17,18 @@ from typing import Any
 
 # (path, body, the status it should get)
 EXAMPLES: list[tuple[str, dict[str, Any], int]] = [
-    ("/api/similarity", {
-        "query": "How do I bake bread at home?",
-        "texts": ["A simple recipe for homemade sourdough.", "The stock market fell sharply on Monday.",
-                  "Tips for kneading dough and letting it rise."],
-    }, 200),
+    (
+        "/api/similarity",
+        {
+            "query": "How do I bake bread at home?",
+            "texts": [
+                "A simple recipe for homemade sourdough.",
+                "The stock market fell sharply on Monday.",
+                "Tips for kneading dough and letting it rise.",
+            ],
+        },
+        200,
+    ),
     ("/api/embed", {"texts": ["Batched inference behind Celery tasks.", "One predict call for many requests."]}, 200),
     ("/api/fill-mask", {"text": "Paris is the [MASK] of France."}, 200),
     ("/api/embed", {"texts": []}, 400),

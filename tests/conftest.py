@@ -33,8 +33,9 @@ def start_worker(redis_url: str) -> Iterator:
     """Start ``celery -A module worker`` subprocesses; all are stopped after the test."""
     started: list[Worker] = []
 
-    def start(app_module: str, *args: str, env: dict[str, str] | None = None, name: str | None = None,
-              timeout: float = 60) -> Worker:
+    def start(
+        app_module: str, *args: str, env: dict[str, str] | None = None, name: str | None = None, timeout: float = 60
+    ) -> Worker:
         worker = Worker(app_module, redis_url, *args, env=env, name=name)
         started.append(worker)
         return worker.start(timeout)

@@ -89,11 +89,22 @@ class WebServer:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
-        argv = [sys.executable, "-m", "gunicorn", "django_demo.wsgi", "--bind", f"127.0.0.1:{self.port}",
-                "--workers", "1", "--threads", "4"]
+        argv = [
+            sys.executable,
+            "-m",
+            "gunicorn",
+            "django_demo.wsgi",
+            "--bind",
+            f"127.0.0.1:{self.port}",
+            "--workers",
+            "1",
+            "--threads",
+            "4",
+        ]
         with open(log_path, "wb") as log:
-            self.process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
-                                            env={**os.environ, **env, "PYTHONPATH": str(ROOT)})
+            self.process = subprocess.Popen(
+                argv, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env={**os.environ, **env, "PYTHONPATH": str(ROOT)}
+            )
 
     def start(self) -> WebServer:
         wait_until(self._answers, 30, f"gunicorn on port {self.port}; log: {self.log_path}")

@@ -185,4 +185,4 @@ class Announcements:
         while not self._stop.is_set():
             message = self._pubsub.get_message(timeout=0.1)
             if message is not None and message["type"] == "pmessage":
-                self.counts[message["channel"].decode()[len(RESULT_PREFIX):]] += 1
+                self.counts[message["channel"].decode()[len(RESULT_PREFIX) :]] += 1

@@ -62,8 +62,21 @@ class RedisServer:
         self.port = port or free_port()
         self.password = password
         self.dir = tempfile.mkdtemp(prefix="cb-redis-")
-        self.args = [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", self.dir,
-                     "--save", "", "--appendonly", "yes" if appendonly else "no", "--loglevel", "warning"]
+        self.args = [
+            binary,
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            self.dir,
+            "--save",
+            "",
+            "--appendonly",
+            "yes" if appendonly else "no",
+            "--loglevel",
+            "warning",
+        ]
         if password:
             self.args += ["--requirepass", password]
         self.process: subprocess.Popen[bytes] | None = None
@@ -102,8 +115,9 @@ class RedisServer:
 class Worker:
     """A real ``celery -A module worker`` subprocess."""
 
-    def __init__(self, app_module: str, broker_url: str, *args: str, name: str | None = None,
-                 env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, app_module: str, broker_url: str, *args: str, name: str | None = None, env: dict[str, str] | None = None
+    ) -> None:
         self.name = name or f"w{free_port()}@localhost"
         self.log_path = Path(tempfile.mkstemp(prefix="cb-worker-", suffix=".log")[1])
         self.env = {
@@ -113,14 +127,28 @@ class Worker:
             "PYTHONUNBUFFERED": "1",
             **(env or {}),
         }
-        self.argv = [sys.executable, "-m", "celery", "-A", app_module, "worker", "--pool", "solo",
-                     "--loglevel", "INFO", "-n", self.name, "--without-mingle", "--without-gossip", *args]
+        self.argv = [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            app_module,
+            "worker",
+            "--pool",
+            "solo",
+            "--loglevel",
+            "INFO",
+            "-n",
+            self.name,
+            "--without-mingle",
+            "--without-gossip",
+            *args,
+        ]
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 60) -> Worker:
         log = self.log_path.open("wb")
-        self.process = subprocess.Popen(self.argv, stdout=log, stderr=subprocess.STDOUT, env=self.env,
-                                        cwd=ROOT)
+        self.process = subprocess.Popen(self.argv, stdout=log, stderr=subprocess.STDOUT, env=self.env, cwd=ROOT)
         wait_until(self._ready, timeout, f"worker {self.name} to be ready; log:\n{self.log_path}")
         return self
 

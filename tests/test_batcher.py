@@ -129,8 +129,13 @@ def test_stop_finishes_the_running_batch_and_returns_the_unstarted():
 def test_admission_refuses_before_the_model_sees_the_sample():
     model = RecordingModel()
     refusal = RuntimeError("revoked")
-    batcher = Batcher("t", model.predict, FlushPolicy(), lambda r: None,
-                      admit=lambda request: refusal if request.sample == 2 else None)
+    batcher = Batcher(
+        "t",
+        model.predict,
+        FlushPolicy(),
+        lambda r: None,
+        admit=lambda request: refusal if request.sample == 2 else None,
+    )
     report = batcher.run_batch([Request(1), Request(2), Request(3)])
     assert model.batches == [[1, 3]]
     by_sample = {o.request.sample: (o.value, o.error) for o in report.outcomes}

@@ -26,9 +26,30 @@ ANCHOR = "threaded"
 def test_quick_run_reports_a_row_per_system(tmp_path: Path) -> None:
     # Given a tiny run: noop only, one repetition, a few requests per workload
     systems = ["direct", "naive", "ours", ANCHOR]
-    argv = [sys.executable, "-m", "benchmarks.run", "--quick", "--models", "noop", "--systems", *systems,
-            "--reps", "1", "--workers", "1", "--saturation", "64", "--drain", "64", "--light", "5",
-            "--clients", "1", "--out", str(tmp_path)]
+    argv = [
+        sys.executable,
+        "-m",
+        "benchmarks.run",
+        "--quick",
+        "--models",
+        "noop",
+        "--systems",
+        *systems,
+        "--reps",
+        "1",
+        "--workers",
+        "1",
+        "--saturation",
+        "64",
+        "--drain",
+        "64",
+        "--light",
+        "5",
+        "--clients",
+        "1",
+        "--out",
+        str(tmp_path),
+    ]
 
     # When the harness runs as a user would run it
     done = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=110)

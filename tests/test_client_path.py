@@ -148,8 +148,15 @@ def test_a_worker_publishes_only_to_reply_channels(basic, start_worker):
     listener = db.pubsub(ignore_subscribe_messages=True)
     listener.subscribe("not-a-reply-channel")
     task_id = "reply-header-test"
-    payload = envelope(basic.double, task_id, 9, basic.double.batch_queue, expires=None, ignore_result=False,
-                       reply_channel="not-a-reply-channel")
+    payload = envelope(
+        basic.double,
+        task_id,
+        9,
+        basic.double.batch_queue,
+        expires=None,
+        ignore_result=False,
+        reply_channel="not-a-reply-channel",
+    )
     redis.Redis.from_url(basic.app.conf.broker_url).lpush(basic.double.batch_queue, payload)
     # When a worker runs it
     start_worker("tests.apps.basic")
@@ -190,9 +197,12 @@ def test_task_sent_events_still_reach_monitors(basic):
 
     def monitor() -> None:
         with basic.app.connection_for_read() as connection:
-            receiver = basic.app.events.Receiver(connection, handlers={
-                "task-sent": lambda event: seen.setdefault(event["uuid"], event),
-            })
+            receiver = basic.app.events.Receiver(
+                connection,
+                handlers={
+                    "task-sent": lambda event: seen.setdefault(event["uuid"], event),
+                },
+            )
             consumer = receiver.consume(limit=None, timeout=15, wakeup=False)
             ready.set()
             with contextlib.suppress(socket.timeout, TimeoutError):

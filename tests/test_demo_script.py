@@ -22,8 +22,9 @@ def test_demo_runs_the_examples_and_cleans_up():
     env["DEMO_PORT"] = str(port)
 
     # When the demo runs with --exit-after
-    done = subprocess.run(["bash", str(DEMO), "--exit-after"], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=900)
+    done = subprocess.run(
+        ["bash", str(DEMO), "--exit-after"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900
+    )
     out = done.stdout
 
     # Then it succeeded, said where to open the site, and showed each answer

@@ -239,11 +239,7 @@ def _summary(specs):
             2,
             None,
             16,
-            [
-                (f"gpu{g}-{i}@%h", str(g), "cuda:0", 2)
-                for g in range(4)
-                for i in range(2)
-            ],
+            [(f"gpu{g}-{i}@%h", str(g), "cuda:0", 2) for g in range(4) for i in range(2)],
         ),
         ([3, 1], 1, None, 4, [("gpu3-0@%h", "3", "cuda:0", 2), ("gpu1-0@%h", "1", "cuda:0", 2)]),
         (None, 1, 2, 2, [("cpu-0@%h", "", "cpu", 1), ("cpu-1@%h", "", "cpu", 1)]),

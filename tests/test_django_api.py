@@ -77,10 +77,14 @@ def test_embed_one_text_and_a_list(client):
 
 
 def test_similarity_ranks_the_related_sentence_first(client):
-    response = post(client, "/api/similarity", {
-        "query": "How do I bake bread?",
-        "texts": ["The stock market fell today.", "A recipe for homemade bread."],
-    })
+    response = post(
+        client,
+        "/api/similarity",
+        {
+            "query": "How do I bake bread?",
+            "texts": ["The stock market fell today.", "A recipe for homemade bread."],
+        },
+    )
     assert response.status_code == 200, response.content
     results = response.json()["results"]
     assert results[0]["text"] == "A recipe for homemade bread."

@@ -19,8 +19,14 @@ CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
 # Headless, sandbox-free (we run as root in a container), and quiet: no network beyond loopback.
 CHROMIUM_FLAGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
     "--window-size=1200,1400",
 ]
 
@@ -83,7 +89,8 @@ def test_similarity_in_the_browser(site, browser, tmp_path):
 
     # Then the sentences come back ranked, with scores and the timing
     rows = WebDriverWait(browser, 30).until(
-        lambda d: d.find_elements(By.CSS_SELECTOR, "#similarity-results tr") or None)
+        lambda d: d.find_elements(By.CSS_SELECTOR, "#similarity-results tr") or None
+    )
     assert len(rows) == 3
     assert rows[0].text.startswith("A simple recipe for homemade bread.")
     timing = browser.find_element(By.ID, "similarity-timing").text

@@ -50,8 +50,11 @@ def test_fill_mask_runs_on_a_worker_and_a_stopped_worker_gives_503(client, redis
         # (a separate app: broadcasts of one app in one process share a reply queue, and the site's poller runs)
         probe = Celery("probe", broker=redis_server.url(0), set_as_current=False)
         # (a loaded machine may answer a broadcast late: ask again until the deadline)
-        wait_until(lambda: serving_workers(probe, timeout=1.0) == {"fill_mask": [worker.name]}, 30,
-                   "the worker to answer batched_queues")
+        wait_until(
+            lambda: serving_workers(probe, timeout=1.0) == {"fill_mask": [worker.name]},
+            30,
+            "the worker to answer batched_queues",
+        )
         fresh = WorkerDirectory(probe, interval=60.0, reply_timeout=1.0, grace=60.0)
         assert fresh.workers() == {"fill_mask": [worker.name]}  # the first call waits for the first answers
         wait_until(lambda: directory().workers().get("fill_mask"), 10, "the site to see the fill_mask worker")

@@ -132,8 +132,13 @@ class Service:
     def __init__(self, argv: list[str], env: Mapping[str, str], log: Path) -> None:
         self.log = log
         with log.open("wb") as out:
-            self.process = subprocess.Popen([sys.executable, "-m", *argv], stdout=out, stderr=subprocess.STDOUT,
-                                            cwd=ROOT, env={**env, "PYTHONPATH": str(ROOT)})
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", *argv],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                cwd=ROOT,
+                env={**env, "PYTHONPATH": str(ROOT)},
+            )
 
     def alive(self) -> bool:
         if self.process.poll() is not None:
@@ -157,13 +162,25 @@ def stack(compose, tmp_path) -> Iterator[dict]:
     """Redis, a worker, gunicorn and Flower from their compose commands, on loopback ports."""
     started: list = []
     ports = {name: free_port() for name in ("redis", "web", "flower", "metrics")}
-    redis_argv = command(compose, "redis") + ["--port", str(ports["redis"]), "--bind", "127.0.0.1",
-                                              "--dir", str(tmp_path), "--save", ""]
+    redis_argv = command(compose, "redis") + [
+        "--port",
+        str(ports["redis"]),
+        "--bind",
+        "127.0.0.1",
+        "--dir",
+        str(tmp_path),
+        "--save",
+        "",
+    ]
     redis_process = subprocess.Popen(redis_argv, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
     started.append(redis_process)
     here = {"DJANGO_SECRET_KEY": "compose-test-key", "FLOWER_BASIC_AUTH": "admin:compose-test"}
-    base = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-            "DJANGO_ALLOWED_HOSTS": "127.0.0.1,localhost"}
+    base = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "DJANGO_ALLOWED_HOSTS": "127.0.0.1,localhost",
+    }
 
     def env_of(service: str, **overrides: str) -> dict[str, str]:
         declared = {k: interpolate(str(v), here) for k, v in compose["services"][service]["environment"].items()}
@@ -172,17 +189,22 @@ def stack(compose, tmp_path) -> Iterator[dict]:
     try:
         client = redis.Redis(port=ports["redis"])
         wait_until(lambda: _pings(client), 10, "redis-server from the compose command")
-        worker = Service(command(compose, "worker-gpu0", here),
-                         env_of("worker-gpu0", CELERY_BATCHING_DEVICE="cpu",
-                                CELERY_BATCHING_METRICS_PORT=str(ports["metrics"])),
-                         tmp_path / "worker.log")
+        worker = Service(
+            command(compose, "worker-gpu0", here),
+            env_of("worker-gpu0", CELERY_BATCHING_DEVICE="cpu", CELERY_BATCHING_METRICS_PORT=str(ports["metrics"])),
+            tmp_path / "worker.log",
+        )
         started.append(worker)
-        web = Service(with_option(command(compose, "web", here), "--bind", f"127.0.0.1:{ports['web']}"),
-                      env_of("web"), tmp_path / "web.log")
+        web = Service(
+            with_option(command(compose, "web", here), "--bind", f"127.0.0.1:{ports['web']}"),
+            env_of("web"),
+            tmp_path / "web.log",
+        )
         started.append(web)
         flower_argv = with_option(command(compose, "flower", here), "--address", "127.0.0.1")
-        flower = Service(with_option(flower_argv, "--port", str(ports["flower"])), env_of("flower"),
-                         tmp_path / "flower.log")
+        flower = Service(
+            with_option(flower_argv, "--port", str(ports["flower"])), env_of("flower"), tmp_path / "flower.log"
+        )
         started.append(flower)
         yield {"redis": client, "ports": ports, "worker": worker, "web": web, "flower": flower}
     finally:
@@ -217,8 +239,11 @@ def test_compose_commands_serve(stack):
 
     # (each gunicorn process polls the workers on its own, so one may see the worker a poll later)
     def embedded():
-        request = urllib.request.Request(f"http://127.0.0.1:{ports['web']}/api/embed", data=b'{"text": "hello"}',
-                                         headers={"Content-Type": "application/json"})
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{ports['web']}/api/embed",
+            data=b'{"text": "hello"}',
+            headers={"Content-Type": "application/json"},
+        )
         try:
             with urllib.request.urlopen(request, timeout=30) as response:
                 return response.status == 200
@@ -230,7 +255,13 @@ def test_compose_commands_serve(stack):
     wait_until(embedded, 30, "an embedding from the site", interval=0.5)
 
     # The worker exports its metrics, and Flower answers
-    wait_until(lambda: "celery_batching_batch_size" in (get(f"http://127.0.0.1:{ports['metrics']}/metrics") or ""),
-               30, "the worker's metrics endpoint")
-    wait_until(lambda: stack["flower"].alive() and get(f"http://127.0.0.1:{ports['flower']}/healthcheck") == "OK",
-               60, "flower's health check")
+    wait_until(
+        lambda: "celery_batching_batch_size" in (get(f"http://127.0.0.1:{ports['metrics']}/metrics") or ""),
+        30,
+        "the worker's metrics endpoint",
+    )
+    wait_until(
+        lambda: stack["flower"].alive() and get(f"http://127.0.0.1:{ports['flower']}/healthcheck") == "OK",
+        60,
+        "flower's health check",
+    )

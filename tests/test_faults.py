@@ -78,7 +78,8 @@ def worker_env(records: Records, gate: Gate | None = None, **extra: str) -> dict
 
 
 def test_kill_9_mid_batch_loses_nothing_and_announces_each_result_once(
-        faulty, start_worker, records, gate, broker, results_db, redis_server):
+    faulty, start_worker, records, gate, broker, results_db, redis_server
+):
     # Given a client waiting on 200 tasks, and a worker held in its 4th batch
     total = 200
     with Announcements(redis_server.client(1)) as announced, ThreadPoolExecutor(1) as client:
@@ -136,7 +137,8 @@ def _settled_claims(broker: Broker, done: int, total: int) -> list[int] | None:
 
 
 def test_sigterm_finishes_the_running_batch_and_gives_the_rest_back_at_once(
-        faulty, start_worker, records, gate, broker, results_db):
+    faulty, start_worker, records, gate, broker, results_db
+):
     # Given 40 queued tasks and a worker held in its first batch, with more claimed behind it
     total = 40
     results = submit_many(faulty.work, range(total))
@@ -195,8 +197,11 @@ def test_redis_restart_mid_run_loses_nothing(durable_redis, records, crash):
 
             # When Redis stops (or dies), the worker notices, and Redis comes back on the same port and data
             durable_redis.stop(kill=crash)
-            wait_until(lambda: "Redis unavailable" in worker.log() and "Cannot connect to" in worker.log(), 30,
-                       "the batched consumer and Celery's own to notice the outage")
+            wait_until(
+                lambda: "Redis unavailable" in worker.log() and "Cannot connect to" in worker.log(),
+                30,
+                "the batched consumer and Celery's own to notice the outage",
+            )
             durable_redis.start()
 
             # Then the waiting client gets every result, and new calls work
@@ -224,8 +229,7 @@ def test_poison_sample_in_a_full_batch_fails_alone_and_the_next_batch_runs(fault
     outcomes = dict(zip(first + second, results))
     with pytest.raises(ValueError, match="poison sample -4"):
         outcomes[-4].get(timeout=1)
-    assert [outcomes[x].get(timeout=1) for x in first + second if x != -4] == [
-        2 * x for x in first + second if x != -4]
+    assert [outcomes[x].get(timeout=1) for x in first + second if x != -4] == [2 * x for x in first + second if x != -4]
     assert records.calls("work")[0]["batch"] == first, "the poison rode in a full batch"
 
 
@@ -250,8 +254,13 @@ def _template(faulty, broker: Broker) -> dict:
     return json.loads(raw)
 
 
-def _variant(template: dict, body: bytes | None = None, content_type: str | None = None,
-             encoded_body: str | None = None, **headers) -> tuple[str, bytes]:
+def _variant(
+    template: dict,
+    body: bytes | None = None,
+    content_type: str | None = None,
+    encoded_body: str | None = None,
+    **headers,
+) -> tuple[str, bytes]:
     """A copy of ``template`` with a new id and delivery tag, and the given changes."""
     message = json.loads(json.dumps(template))
     task_id = f"malformed-{uuid.uuid4().hex}"
@@ -269,10 +278,19 @@ def _variant(template: dict, body: bytes | None = None, content_type: str | None
 
 def _protocol_1(task_id: str) -> bytes:
     body = json.dumps({"task": WORK, "id": task_id, "args": [1], "kwargs": {}}).encode()
-    return json.dumps({"body": base64.b64encode(body).decode(), "content-type": "application/json",
-                       "content-encoding": "utf-8", "headers": {},
-                       "properties": {"delivery_tag": f"tag-{task_id}", "body_encoding": "base64",
-                                      "delivery_info": {"exchange": "", "routing_key": WORK}}}).encode()
+    return json.dumps(
+        {
+            "body": base64.b64encode(body).decode(),
+            "content-type": "application/json",
+            "content-encoding": "utf-8",
+            "headers": {},
+            "properties": {
+                "delivery_tag": f"tag-{task_id}",
+                "body_encoding": "base64",
+                "delivery_info": {"exchange": "", "routing_key": WORK},
+            },
+        }
+    ).encode()
 
 
 def test_malformed_messages_fail_alone_with_clear_errors(faulty, start_worker, records, broker):
@@ -281,9 +299,10 @@ def test_malformed_messages_fail_alone_with_clear_errors(faulty, start_worker, r
     bad_ids["unknown task"], unknown = _variant(template, task="faulty.nope")
     bad_ids["two args"], two_args = _variant(template, body=json.dumps([[1, 2], {}, {}]).encode())
     bad_ids["kwargs"], kwargs = _variant(template, body=json.dumps([[1], {"x": 1}, {}]).encode())
-    bad_ids["oversized"], oversized = _variant(template, body=json.dumps([[10 ** 2000], {}, {}]).encode())
-    bad_ids["pickle"], pickled = _variant(template, body=pickle.dumps(((1,), {}, {})),
-                                          content_type="application/x-python-serialize")
+    bad_ids["oversized"], oversized = _variant(template, body=json.dumps([[10**2000], {}, {}]).encode())
+    bad_ids["pickle"], pickled = _variant(
+        template, body=pickle.dumps(((1,), {}, {})), content_type="application/x-python-serialize"
+    )
     bad_ids["bad base64"], bad_base64 = _variant(template, encoded_body="!!!not base64===")
     bad_ids["body not JSON"], not_json = _variant(template, body=b"{not json")
     bad_ids["bad expires"], bad_expires = _variant(template, expires="not a date")
@@ -339,7 +358,8 @@ def _copy(raw: bytes, sample: int | None = None, **headers) -> bytes:
 
 
 def test_redelivered_copy_of_a_finished_task_is_not_run_and_changes_nothing(
-        faulty, start_worker, records, broker, redis_server):
+    faulty, start_worker, records, broker, redis_server
+):
     # Given a task that succeeded, its message as it was sent
     result = faulty.work.delay(21)
     raw = broker.client.lindex(WORK, 0)
@@ -358,7 +378,8 @@ def test_redelivered_copy_of_a_finished_task_is_not_run_and_changes_nothing(
 
 
 def test_redelivered_copy_with_another_outcome_does_not_overwrite_success(
-        faulty, start_worker, records, gate, broker, redis_server):
+    faulty, start_worker, records, gate, broker, redis_server
+):
     # Given a task, and a redelivered copy of it that would fail, both claimed by a held worker
     result = faulty.work.delay(21)
     raw = broker.client.lindex(WORK, 0)
@@ -380,7 +401,8 @@ def test_redelivered_copy_with_another_outcome_does_not_overwrite_success(
 
 
 def test_worker_frozen_past_the_visibility_timeout_does_not_overwrite_the_redelivered_result(
-        faulty, start_worker, records, gate, broker, redis_server):
+    faulty, start_worker, records, gate, broker, redis_server
+):
     # Given a worker frozen (SIGSTOP) in the middle of a batch
     results = submit_many(faulty.work, range(8))
     frozen = start_worker(APP, env=worker_env(records, gate, CB_VISIBILITY_TIMEOUT=SHORT_VISIBILITY))
@@ -405,8 +427,7 @@ def test_worker_frozen_past_the_visibility_timeout_does_not_overwrite_the_redeli
         frozen.signal(signal.SIGCONT)
 
 
-def test_dead_workers_claims_come_back_while_the_queue_is_still_busy(
-        faulty, start_worker, records, gate, broker):
+def test_dead_workers_claims_come_back_while_the_queue_is_still_busy(faulty, start_worker, records, gate, broker):
     # Given a worker killed while holding claims, and a long queue behind them
     total = 2000
     results = submit_many(faulty.work, range(total))
@@ -417,8 +438,9 @@ def test_dead_workers_claims_come_back_while_the_queue_is_still_busy(
     first.wait()
     # When a slow worker serving only the batched queue (so Celery's own consumer restores nothing) works
     # through the queue, with a short visibility timeout
-    start_worker(APP, "-Q", WORK, env=worker_env(records, CB_VISIBILITY_TIMEOUT=SHORT_VISIBILITY,
-                                                 CB_BATCH_SECONDS="0.2"))
+    start_worker(
+        APP, "-Q", WORK, env=worker_env(records, CB_VISIBILITY_TIMEOUT=SHORT_VISIBILITY, CB_BATCH_SECONDS="0.2")
+    )
     # Then the dead worker's claims are taken back and run before the queue has drained
     wait_until(lambda: all(results[x].ready() for x in held), 60, "the dead worker's tasks to finish")
     assert broker.snapshot()[0] > 0, "restored while the queue was still busy, not only once it emptied"

@@ -31,11 +31,21 @@ class Flower:
     def __init__(self, env: dict[str, str], log_path: str) -> None:
         self.port = free_port()
         self.log_path = log_path
-        argv = [sys.executable, "-m", "celery", "-A", "django_demo", "flower", "--address=127.0.0.1",
-                f"--port={self.port}", f"--basic-auth={USER}:{PASSWORD}"]
+        argv = [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "django_demo",
+            "flower",
+            "--address=127.0.0.1",
+            f"--port={self.port}",
+            f"--basic-auth={USER}:{PASSWORD}",
+        ]
         with open(log_path, "wb") as log:
-            self.process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
-                                            env={**env, "PYTHONPATH": str(ROOT)})
+            self.process = subprocess.Popen(
+                argv, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env={**env, "PYTHONPATH": str(ROOT)}
+            )
 
     def get(self, path: str) -> str:
         request = urllib.request.Request(f"http://127.0.0.1:{self.port}{path}")
@@ -96,8 +106,10 @@ def test_flower_lists_every_batched_task(redis_server, tiny_checkpoint, flower):
             listed_now = json.loads(flower.get("/api/tasks"))
             received = {task_id: listed_now.get(task_id, {}).get("state", "absent") for task_id in expected}
             events = [line for line in flower.get("/metrics").splitlines() if line.startswith("flower_events_total")]
-            raise AssertionError(f"{exc}\nflower /api/tasks states: {received}\nflower events: {events}\n"
-                                 f"worker log (end): {worker.log()[-3000:]}") from None
+            raise AssertionError(
+                f"{exc}\nflower /api/tasks states: {received}\nflower events: {events}\n"
+                f"worker log (end): {worker.log()[-3000:]}"
+            ) from None
         for task_id, state in expected.items():
             task = tasks[task_id]
             assert (task["name"], task["worker"]) == ("embed", worker.name)

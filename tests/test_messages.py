@@ -14,11 +14,15 @@ TASK = "tests.double"
 
 def decode(**headers: object):
     body = base64.b64encode(json.dumps([[21], {}, {}]).encode()).decode()
-    payload = json.dumps({
-        "body": body, "content-encoding": "utf-8", "content-type": "application/json",
-        "headers": {"task": TASK, "id": "t1", **headers},
-        "properties": {"body_encoding": "base64", "delivery_tag": "d1"},
-    }).encode()
+    payload = json.dumps(
+        {
+            "body": body,
+            "content-encoding": "utf-8",
+            "content-type": "application/json",
+            "headers": {"task": TASK, "id": "t1", **headers},
+            "properties": {"body_encoding": "base64", "delivery_tag": "d1"},
+        }
+    ).encode()
     return MessageDecoder(TASK, "double", {"application/json"}, None).decode(Claimed("d1", payload))
 
 

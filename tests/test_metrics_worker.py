@@ -37,8 +37,11 @@ def test_worker_metrics_count_every_sample(redis_server, tiny_checkpoint, demo_s
 
     # Given an embed worker exporting metrics on a free loopback port
     port = free_port()
-    env = {**site_env(redis_server, tiny_checkpoint),
-           "CELERY_BATCHING_METRICS_PORT": str(port), "CELERY_BATCHING_METRICS_ADDR": "127.0.0.1"}
+    env = {
+        **site_env(redis_server, tiny_checkpoint),
+        "CELERY_BATCHING_METRICS_PORT": str(port),
+        "CELERY_BATCHING_METRICS_ADDR": "127.0.0.1",
+    }
     worker = Worker("django_demo", redis_server.url(0), "-Q", "embed", env=env).start(120)
     try:
         # When 12 good samples and one the model rejects are served
@@ -50,14 +53,18 @@ def test_worker_metrics_count_every_sample(redis_server, tiny_checkpoint, demo_s
         def counted():
             samples = scrape(port)
             done = value(samples, "celery_batching_samples_total", task="embed", outcome="succeeded") == 12
-            return samples if done and value(samples, "celery_batching_samples_total", task="embed",
-                                             outcome="failed") == 1 else None
+            return (
+                samples
+                if done and value(samples, "celery_batching_samples_total", task="embed", outcome="failed") == 1
+                else None
+            )
 
         samples = wait_until(counted, 30, f"the metrics to count 13 samples; worker log: {worker.log_path}")
         assert value(samples, "celery_batching_batch_size_sum", task="embed") == 12
         assert 1 <= value(samples, "celery_batching_batch_size_count", task="embed") <= 12
-        assert value(samples, "celery_batching_predict_seconds_count", task="embed") == \
-            value(samples, "celery_batching_batch_size_count", task="embed")
+        assert value(samples, "celery_batching_predict_seconds_count", task="embed") == value(
+            samples, "celery_batching_batch_size_count", task="embed"
+        )
         assert value(samples, "celery_batching_failures_total", task="embed", exception="InvalidSample") == 1
         assert value(samples, "celery_batching_predict_samples_per_second", task="embed") > 0
         # Every message carried its send time, so every claimed sample has a queue wait

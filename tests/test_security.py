@@ -113,9 +113,26 @@ def _self_signed(directory: Path, name: str) -> tuple[Path, Path]:
     """A throwaway certificate for 127.0.0.1 (made at test time: no key is ever committed)."""
     cert, key = directory / f"{name}.pem", directory / f"{name}.key"
     subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
-         "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
-        check=True, capture_output=True,
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
     )
     return cert, key
 
@@ -127,8 +144,18 @@ class TlsRedisServer(RedisServer):
         super().__init__()
         self.ca = cert
         self.args[self.args.index("--port") + 1] = "0"
-        self.args += ["--tls-port", str(self.port), "--tls-cert-file", str(cert), "--tls-key-file", str(key),
-                      "--tls-ca-cert-file", str(cert), "--tls-auth-clients", "no"]
+        self.args += [
+            "--tls-port",
+            str(self.port),
+            "--tls-cert-file",
+            str(cert),
+            "--tls-key-file",
+            str(key),
+            "--tls-ca-cert-file",
+            str(cert),
+            "--tls-auth-clients",
+            "no",
+        ]
 
     def url(self, db: int = 0, ca: Path | None = None) -> str:
         return f"rediss://127.0.0.1:{self.port}/{db}?ssl_cert_reqs=required&ssl_ca_certs={ca or self.ca}"
@@ -203,8 +230,11 @@ def test_no_secrets_in_the_repository():
             continue
         text = path.read_text(errors="ignore")
         found += [f"{name}: {what}" for what, pattern in _SECRET_PATTERNS.items() if pattern.search(text)]
-        found += [f"{name}: password in a URL" for match in _URL_CREDENTIALS.finditer(text)
-                  if not _PLACEHOLDER.match(match.group(1))]
+        found += [
+            f"{name}: password in a URL"
+            for match in _URL_CREDENTIALS.finditer(text)
+            if not _PLACEHOLDER.match(match.group(1))
+        ]
     assert found == []
 
 

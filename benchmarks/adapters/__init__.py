@@ -66,8 +66,7 @@ class Adapter(ABC):
         """Release threads, connections and child processes."""
 
 
-def load(system: str, model: str, device: str = "cpu", workers: int = 1,
-         redis_url: str | None = None) -> Adapter:
+def load(system: str, model: str, device: str = "cpu", workers: int = 1, redis_url: str | None = None) -> Adapter:
     """The adapter of ``system``, connected and ready to send."""
     try:
         target = ADAPTERS[system]

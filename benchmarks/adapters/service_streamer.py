@@ -45,8 +45,9 @@ class StreamerAdapter(_FutureAdapter):
 
     def __init__(self, *args: Any) -> None:
         super().__init__(*args)
-        self._streamer = Streamer(StreamerModel, BATCH_SIZE, ANCHOR_MAX_WAIT, worker_num=self.workers,
-                                  cuda_devices=cuda_devices(self.device))
+        self._streamer = Streamer(
+            StreamerModel, BATCH_SIZE, ANCHOR_MAX_WAIT, worker_num=self.workers, cuda_devices=cuda_devices(self.device)
+        )
 
     def close(self) -> None:
         self._streamer.destroy_workers()

@@ -22,9 +22,13 @@ def main() -> None:
     args = parser.parse_args()
     address = urlsplit(os.environ[REDIS_ENV])
     run_redis_workers_forever(
-        StreamerModel, BATCH_SIZE, ANCHOR_MAX_WAIT, worker_num=args.workers,
+        StreamerModel,
+        BATCH_SIZE,
+        ANCHOR_MAX_WAIT,
+        worker_num=args.workers,
         cuda_devices=cuda_devices(os.environ.get(DEVICE_ENV, "cpu")),
-        redis_broker=f"{address.hostname}:{address.port}", prefix=STREAMER_PREFIX,
+        redis_broker=f"{address.hostname}:{address.port}",
+        prefix=STREAMER_PREFIX,
     )
 
 

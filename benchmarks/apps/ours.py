@@ -28,5 +28,10 @@ class BenchManaged(ManagedModel):
 
 
 app = make_app("bench_ours")
-task = batched(app, model=BenchManaged, name=f"bench.ours.{model_name()}",
-               model_options={"model": model_name()}, max_batch_size=BATCH_SIZE)
+task = batched(
+    app,
+    model=BenchManaged,
+    name=f"bench.ours.{model_name()}",
+    model_options={"model": model_name()},
+    max_batch_size=BATCH_SIZE,
+)

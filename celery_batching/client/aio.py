@@ -45,8 +45,9 @@ async def gather_async(app: Celery, task_ids: list[str], timeout: float) -> list
     return values
 
 
-async def _await_rest(backend: Any, pubsub: Any, metas: dict[bytes, dict[str, Any]], keys: set[bytes],
-                      timeout: float) -> None:
+async def _await_rest(
+    backend: Any, pubsub: Any, metas: dict[bytes, dict[str, Any]], keys: set[bytes], timeout: float
+) -> None:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     while not keys <= metas.keys():

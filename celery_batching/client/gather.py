@@ -48,8 +48,7 @@ def gather(results: Sequence[AsyncResult], timeout: float | None = None, propaga
     deadline = None if timeout is None else time.monotonic() + timeout
     if all(isinstance(result, BatchedResult) for result in results):
         return [
-            result.get(timeout=None if deadline is None else max(deadline - time.monotonic(), 0.0),
-                       propagate=propagate)
+            result.get(timeout=None if deadline is None else max(deadline - time.monotonic(), 0.0), propagate=propagate)
             for result in results
         ]
     pending = results[0].app.ResultSet(list(results))

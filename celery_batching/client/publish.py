@@ -41,19 +41,30 @@ def can_send_fast(task: BatchedTask, args: Any, kwargs: Any, options: Mapping[st
     conf = task.app.conf
     return (
         conf.get(FAST_CLIENT_SETTING, True)
-        and isinstance(args, (list, tuple)) and len(args) == 1 and not kwargs
+        and isinstance(args, (list, tuple))
+        and len(args) == 1
+        and not kwargs
         and options.keys() <= FAST_OPTIONS
         and not conf.task_always_eager
-        and task.priority is None and conf.task_default_priority is None
-        and getattr(task, "compression", None) is None and conf.task_compression is None
+        and task.priority is None
+        and conf.task_default_priority is None
+        and getattr(task, "compression", None) is None
+        and conf.task_compression is None
         and not signals.before_task_publish.receivers
         and not signals.after_task_publish.receivers
         and task.app.current_worker_task is None
     )
 
 
-def send_many(task: BatchedTask, samples: Sequence[Any], queue: str, *, task_ids: Sequence[str] | None = None,
-              expires: Any = None, ignore_result: bool | None = None) -> list[AsyncResult]:
+def send_many(
+    task: BatchedTask,
+    samples: Sequence[Any],
+    queue: str,
+    *,
+    task_ids: Sequence[str] | None = None,
+    expires: Any = None,
+    ignore_result: bool | None = None,
+) -> list[AsyncResult]:
     """Push one message per sample in one round trip; their results in order.
 
     ``ignore_result=None`` means the task's own setting.
@@ -69,9 +80,16 @@ def send_many(task: BatchedTask, samples: Sequence[Any], queue: str, *, task_ids
             app.backend.on_task_call(None, task_id)  # Celery's subscription, before anything can finish
     events = sent_events.get(app) if app.conf.task_send_sent_event else None
     payloads = [
-        envelope(task, task_id, sample, queue, expires=expires, ignore_result=ignore_result,
-                 reply_channel=hub.channel if hub else None,
-                 on_sent_event=events.record if events else None)
+        envelope(
+            task,
+            task_id,
+            sample,
+            queue,
+            expires=expires,
+            ignore_result=ignore_result,
+            reply_channel=hub.channel if hub else None,
+            on_sent_event=events.record if events else None,
+        )
         for task_id, sample in zip(task_ids, samples)
     ]
     client = _publishers.get(app).client
@@ -107,7 +125,8 @@ def _result(task: BatchedTask, task_id: str, hub: ReplyHub | None, ignore_result
     if hub is None:
         result = task.AsyncResult(task_id)
     else:
-        result = BatchedResult(task_id, backend=hub.backend, task_name=task.name, app=task.app,
-                               slot=hub.expect(task_id))
+        result = BatchedResult(
+            task_id, backend=hub.backend, task_name=task.name, app=task.app, slot=hub.expect(task_id)
+        )
     result.ignored = ignore_result
     return result

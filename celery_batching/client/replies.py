@@ -137,8 +137,16 @@ class BatchedResult(AsyncResult):
     waits on the task's key as usual.
     """
 
-    def __init__(self, id: str, backend: Any = None, task_name: str | None = None, app: Celery | None = None,
-                 parent: Any = None, *, slot: ReplySlot | None = None) -> None:
+    def __init__(
+        self,
+        id: str,
+        backend: Any = None,
+        task_name: str | None = None,
+        app: Celery | None = None,
+        parent: Any = None,
+        *,
+        slot: ReplySlot | None = None,
+    ) -> None:
         super().__init__(id, backend=backend, task_name=task_name, app=app, parent=parent)
         self._slot = slot
 

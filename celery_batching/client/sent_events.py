@@ -36,8 +36,7 @@ class SentEvents:
         self._pending: queue.SimpleQueue[dict[str, Any]] = queue.SimpleQueue()
         self._lock = threading.Lock()  # one flush at a time: the dispatcher is not thread-safe
         self._connection = app.connection_for_write()
-        self._dispatcher = app.events.Dispatcher(self._connection, buffer_group={"task"},
-                                                 buffer_limit=_NO_AUTO_FLUSH)
+        self._dispatcher = app.events.Dispatcher(self._connection, buffer_group={"task"}, buffer_limit=_NO_AUTO_FLUSH)
         threading.Thread(target=self._run, name="celery-batching-sent-events", daemon=True).start()
         atexit.register(self.flush)
 

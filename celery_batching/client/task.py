@@ -57,8 +57,12 @@ class BatchedTask(Task):
         if can_send_fast(self, args, kwargs, options):
             try:
                 return send_many(
-                    self, args, options["queue"], task_ids=[options.get("task_id") or uuid()],
-                    expires=options.get("expires", self.expires), ignore_result=options.get("ignore_result"),
+                    self,
+                    args,
+                    options["queue"],
+                    task_ids=[options.get("task_id") or uuid()],
+                    expires=options.get("expires", self.expires),
+                    ignore_result=options.get("ignore_result"),
                 )[0]
             except (redis.ConnectionError, redis.TimeoutError):
                 pass  # Celery's path retries as its publish retry policy says
@@ -135,9 +139,7 @@ def batched(
                 batch_queue=queue or task_name,
             ),
         )
-        return app.task(name=task_name, base=base, bind=True, **task_options)(
-            _one_sample_body(origin)
-        )
+        return app.task(name=task_name, base=base, bind=True, **task_options)(_one_sample_body(origin))
 
     if model is not None:
         return declare(model, None, name or f"{model.__module__}.{model.__name__}")
@@ -163,10 +165,14 @@ def _remember_queue_options(sender: Any = None, instance: Any = None, options: A
     the worker loads its bootsteps.
     """
     options = options or {}
-    setattr(instance, QUEUE_OPTIONS_ATTR, (
-        str_to_list(options.get("queues")) or [],
-        str_to_list(options.get("exclude_queues")) or [],
-    ))
+    setattr(
+        instance,
+        QUEUE_OPTIONS_ATTR,
+        (
+            str_to_list(options.get("queues")) or [],
+            str_to_list(options.get("exclude_queues")) or [],
+        ),
+    )
 
 
 def _one_sample_body(origin: Any) -> Callable[..., Any]:

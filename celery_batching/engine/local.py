@@ -48,8 +48,9 @@ class LocalStreamer:
     raise that exception; the other samples of the batch are unaffected.
     """
 
-    def __init__(self, predict: PredictFn, max_batch_size: int = 64, max_wait: float = 0.0,
-                 name: str = "local") -> None:
+    def __init__(
+        self, predict: PredictFn, max_batch_size: int = 64, max_wait: float = 0.0, name: str = "local"
+    ) -> None:
         self._batcher = Batcher(name, predict, FlushPolicy(max_batch_size, max_wait), self._settle)
         self._batcher.start()
         self._closed = False

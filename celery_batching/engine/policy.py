@@ -60,15 +60,13 @@ class FlushPolicy:
     def __post_init__(self) -> None:
         if isinstance(self.max_batch_size, bool) or not isinstance(self.max_batch_size, int):
             raise ConfigurationError(
-                f"max_batch_size must be an int >= 1, got {type(self.max_batch_size).__name__} "
-                f"{self.max_batch_size!r}"
+                f"max_batch_size must be an int >= 1, got {type(self.max_batch_size).__name__} {self.max_batch_size!r}"
             )
         if self.max_batch_size < 1:
             raise ConfigurationError(f"max_batch_size must be >= 1, got {self.max_batch_size}")
         if isinstance(self.max_wait, bool) or not isinstance(self.max_wait, (int, float)):
             raise ConfigurationError(
-                f"max_wait must be a number of seconds >= 0, got "
-                f"{type(self.max_wait).__name__} {self.max_wait!r}"
+                f"max_wait must be a number of seconds >= 0, got {type(self.max_wait).__name__} {self.max_wait!r}"
             )
         if not 0 <= self.max_wait < float("inf"):
             raise ConfigurationError(f"max_wait must be finite and >= 0 seconds, got {self.max_wait}")

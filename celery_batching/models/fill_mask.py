@@ -99,5 +99,7 @@ class FillMaskModel(TextModel[list[list[Candidate]]]):
             scores, ids = probs.topk(min(self.settings.top_k, probs.shape[-1]), dim=-1)
         outputs: list[list[list[Candidate]]] = [[] for _ in rows]
         for (row, _), row_scores, row_ids in zip(where.tolist(), scores.tolist(), ids.tolist()):
-            outputs[row].append([{"token": self.tokenizer.decode([i]), "score": s} for i, s in zip(row_ids, row_scores)])
+            outputs[row].append(
+                [{"token": self.tokenizer.decode([i]), "score": s} for i, s in zip(row_ids, row_scores)]
+            )
         return outputs

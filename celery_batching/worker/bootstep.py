@@ -71,7 +71,10 @@ class BatchingStep(bootsteps.StartStopStep):
             self.consumers.append(consumer)
             logger.info(
                 "celery-batching: serving %s from queue %r (max_batch_size=%s, max_wait=%ss)",
-                task.name, task.batch_queue, task.batch_policy.max_batch_size, task.batch_policy.max_wait,
+                task.name,
+                task.batch_queue,
+                task.batch_policy.max_batch_size,
+                task.batch_policy.max_wait,
             )
 
     def stop(self, worker: Any) -> None:
@@ -113,8 +116,7 @@ def load_model(app: Celery, task: BatchedTask) -> Any:
                 raise ValueError(f"warm-up returned {len(outputs)} results for {len(warmup)} samples")
     except Exception as exc:
         raise ModelLoadError(
-            f"{task.name}: model {task.model_class.__name__} failed to load on {device}: "
-            f"{type(exc).__name__}: {exc}"
+            f"{task.name}: model {task.model_class.__name__} failed to load on {device}: {type(exc).__name__}: {exc}"
         ) from exc
     logger.info("celery-batching: %s loaded %s on %s", task.name, task.model_class.__name__, device)
     return model

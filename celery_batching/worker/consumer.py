@@ -81,8 +81,9 @@ class _Done:
 class BatchedQueueConsumer:
     """Serves one batched queue inside a worker process."""
 
-    def __init__(self, app: Celery, spec: QueueSpec, hostname: str, send_events: bool,
-                 hooks: Sequence[BatchHooks] = ()) -> None:
+    def __init__(
+        self, app: Celery, spec: QueueSpec, hostname: str, send_events: bool, hooks: Sequence[BatchHooks] = ()
+    ) -> None:
         self.app = app
         self.spec = spec
         self.hooks = list(hooks)
@@ -93,12 +94,14 @@ class BatchedQueueConsumer:
         self._kombu_channel = channel
         self._visibility_timeout = float(channel.visibility_timeout)
         self.queue = RedisQueue(channel.client, spec.queue, app.conf.broker_transport_options)
-        self.decoder = MessageDecoder(spec.task_name, spec.queue, prepare_accept_content(app.conf.accept_content),
-                                      spec.max_sample_bytes)
+        self.decoder = MessageDecoder(
+            spec.task_name, spec.queue, prepare_accept_content(app.conf.accept_content), spec.max_sample_bytes
+        )
         self.writer = ResultWriter(app, spec.task_name)
         self.events = TaskEvents(app, hostname, send_events)
-        self.batcher = Batcher(spec.task_name, spec.predict, spec.policy, self._batch_done, self.hooks,
-                               admit=self._admit)
+        self.batcher = Batcher(
+            spec.task_name, spec.predict, spec.policy, self._batch_done, self.hooks, admit=self._admit
+        )
         self._stopping = threading.Event()
         self._writes: queue_module.SimpleQueue[_Done | None] = queue_module.SimpleQueue()
         self._fetcher = threading.Thread(target=self._fetch_loop, name=f"fetch:{spec.queue}", daemon=True)
@@ -134,8 +137,9 @@ class BatchedQueueConsumer:
 
     def _give_back(self, unstarted: list[Request]) -> None:
         if unstarted:
-            returned = self._retry(lambda: self.queue.give_back([r.context.claimed for r in unstarted]),
-                                   "give back unstarted messages")
+            returned = self._retry(
+                lambda: self.queue.give_back([r.context.claimed for r in unstarted]), "give back unstarted messages"
+            )
             logger.info("%s: gave %s unstarted message(s) back to the queue", self.spec.queue, returned)
 
     def _declare_queue(self) -> None:
@@ -268,8 +272,9 @@ class BatchedQueueConsumer:
                 logger.error("%s: dropped a message with no task id: %s", self.spec.queue, result.value)
         self._send_events(done, stored)
         failures = [r.value for r in stored if r.failed]
-        call_hooks(self.hooks, "after_results", self.spec.task_name, len(stored) - len(failures),
-                   len(failures), failures)
+        call_hooks(
+            self.hooks, "after_results", self.spec.task_name, len(stored) - len(failures), len(failures), failures
+        )
 
     def _send_events(self, done: _Done, stored: list[TaskResult]) -> None:
         """Task events are for observers: failing to send them is logged, never fatal."""
@@ -279,8 +284,10 @@ class BatchedQueueConsumer:
         received = [(m.received_fields, m.claimed_at) for m, _ in announced]
         results = [r for _, r in announced]
         try:
-            self._retry(lambda: self.events.batch_done(self.spec.task_name, received, done.started,
-                                                       done.runtime, results), "send task events")
+            self._retry(
+                lambda: self.events.batch_done(self.spec.task_name, received, done.started, done.runtime, results),
+                "send task events",
+            )
         except Exception:  # noqa: BLE001 - results are stored and acknowledged already
             logger.exception("%s: sending the task events of a batch failed", self.spec.queue)
 

@@ -54,18 +54,34 @@ class TaskEvents:
         for (fields, claimed_at), result in zip(received, results):
             send("task-received", timestamp=claimed_at, name=task_name, **fields)
             if result.state == states.REVOKED:
-                send("task-revoked", timestamp=started, uuid=result.task_id, terminated=False,
-                     signum=None, expired=str(result.value) == "expired")
+                send(
+                    "task-revoked",
+                    timestamp=started,
+                    uuid=result.task_id,
+                    terminated=False,
+                    signum=None,
+                    expired=str(result.value) == "expired",
+                )
                 continue
             # The dispatcher stamps every event with its own (this) pid.
             send("task-started", timestamp=started, uuid=result.task_id)
             finished = started + runtime
             if result.state == states.SUCCESS:
-                send("task-succeeded", timestamp=finished, uuid=result.task_id,
-                     result=saferepr(result.value), runtime=runtime)
+                send(
+                    "task-succeeded",
+                    timestamp=finished,
+                    uuid=result.task_id,
+                    result=saferepr(result.value),
+                    runtime=runtime,
+                )
             else:
-                send("task-failed", timestamp=finished, uuid=result.task_id,
-                     exception=saferepr(result.value), traceback=format_traceback(result.value))
+                send(
+                    "task-failed",
+                    timestamp=finished,
+                    uuid=result.task_id,
+                    exception=saferepr(result.value),
+                    traceback=format_traceback(result.value),
+                )
         self._dispatcher.flush()
 
     def close(self) -> None:

@@ -44,32 +44,49 @@ class PrometheusHooks(BatchHooks):
         self.registry = registry if registry is not None else CollectorRegistry()
         labels = ["task"]
         self.batch_size = Histogram(
-            "celery_batching_batch_size", "Samples per predict() call.",
-            labels, buckets=BATCH_SIZE_BUCKETS, registry=self.registry,
+            "celery_batching_batch_size",
+            "Samples per predict() call.",
+            labels,
+            buckets=BATCH_SIZE_BUCKETS,
+            registry=self.registry,
         )
         self.queue_wait = Histogram(
-            "celery_batching_queue_wait_seconds", "Time from send to claim by the worker, per sample.",
-            labels, buckets=WAIT_BUCKETS, registry=self.registry,
+            "celery_batching_queue_wait_seconds",
+            "Time from send to claim by the worker, per sample.",
+            labels,
+            buckets=WAIT_BUCKETS,
+            registry=self.registry,
         )
         self.predict_time = Histogram(
-            "celery_batching_predict_seconds", "Wall time of one predict() call.",
-            labels, buckets=PREDICT_BUCKETS, registry=self.registry,
+            "celery_batching_predict_seconds",
+            "Wall time of one predict() call.",
+            labels,
+            buckets=PREDICT_BUCKETS,
+            registry=self.registry,
         )
         self.predict_throughput = Gauge(
-            "celery_batching_predict_samples_per_second", "Batch size over predict time of the last batch.",
-            labels, registry=self.registry,
+            "celery_batching_predict_samples_per_second",
+            "Batch size over predict time of the last batch.",
+            labels,
+            registry=self.registry,
         )
         self.samples = Counter(
-            "celery_batching_samples", "Samples whose result was stored, by outcome.",
-            ["task", "outcome"], registry=self.registry,
+            "celery_batching_samples",
+            "Samples whose result was stored, by outcome.",
+            ["task", "outcome"],
+            registry=self.registry,
         )
         self.failures = Counter(
-            "celery_batching_failures", "Failed samples, by exception class.",
-            ["task", "exception"], registry=self.registry,
+            "celery_batching_failures",
+            "Failed samples, by exception class.",
+            ["task", "exception"],
+            registry=self.registry,
         )
         self.skipped = Counter(
-            "celery_batching_skipped", "Tasks not run: revoked, expired or duplicate.",
-            ["task", "reason"], registry=self.registry,
+            "celery_batching_skipped",
+            "Tasks not run: revoked, expired or duplicate.",
+            ["task", "reason"],
+            registry=self.registry,
         )
 
     def after_claim(self, task_name: str, count: int, queue_waits: Sequence[float | None]) -> None:
@@ -105,7 +122,9 @@ def metrics_port(app: Any) -> int:
     try:
         port = int(raw)
     except (TypeError, ValueError):
-        raise ConfigurationError(f"{source}={raw!r} is not a port number; use 1-65535, or 0 to turn metrics off") from None
+        raise ConfigurationError(
+            f"{source}={raw!r} is not a port number; use 1-65535, or 0 to turn metrics off"
+        ) from None
     if not 0 <= port <= 65535:
         raise ConfigurationError(f"{source}={port} is out of range; use 1-65535, or 0 to turn metrics off")
     return port

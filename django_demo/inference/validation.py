@@ -31,7 +31,7 @@ def parse_json(body: bytes) -> dict[str, Any]:
     try:
         payload = json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise BadRequest(f"the request body is not valid JSON ({exc}); send e.g. {{\"text\": \"...\"}}") from None
+        raise BadRequest(f'the request body is not valid JSON ({exc}); send e.g. {{"text": "..."}}') from None
     if not isinstance(payload, dict):
         raise BadRequest(f"the request body must be a JSON object, got {_json_type(payload)}")
     return payload

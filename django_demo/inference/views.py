@@ -103,8 +103,9 @@ def naive_embed(request: HttpRequest) -> JsonResponse:
         return error(400, str(exc))
     except ApiError as exc:
         return error(exc.status, exc.message, **exc.extra)
-    return JsonResponse({"embedding": vector, "dim": len(vector),
-                         "elapsed_ms": round((time.perf_counter() - started) * 1000, 1)})
+    return JsonResponse(
+        {"embedding": vector, "dim": len(vector), "elapsed_ms": round((time.perf_counter() - started) * 1000, 1)}
+    )
 
 
 def healthz(request: HttpRequest) -> JsonResponse:
@@ -130,7 +131,11 @@ def healthz(request: HttpRequest) -> JsonResponse:
 
 def index(request: HttpRequest) -> HttpResponse:
     """The page to try the API in a browser."""
-    return render(request, "inference/index.html", {
-        "fill_mask_configured": bool(settings.FILL_MASK_CHECKPOINT),
-        "limits": limits(),
-    })
+    return render(
+        request,
+        "inference/index.html",
+        {
+            "fill_mask_configured": bool(settings.FILL_MASK_CHECKPOINT),
+            "limits": limits(),
+        },
+    )

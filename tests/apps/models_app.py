@@ -18,5 +18,10 @@ BROKER = os.environ["CB_TEST_BROKER"]
 app = Celery("models_app", broker=BROKER, backend=BROKER.rsplit("/", 1)[0] + "/1")
 
 embed = batched(app, model=MiniLMEmbedder, name="models_app.embed", max_batch_size=16)
-fill_mask = batched(app, model=FillMaskModel, name="models_app.fill_mask", max_batch_size=16,
-                    model_options={"checkpoint": os.environ.get("CB_TINY_BERT", ""), "top_k": 3})
+fill_mask = batched(
+    app,
+    model=FillMaskModel,
+    name="models_app.fill_mask",
+    max_batch_size=16,
+    model_options={"checkpoint": os.environ.get("CB_TINY_BERT", ""), "top_k": 3},
+)
