@@ -19,6 +19,3 @@ app.config_from_object("django.conf:settings", namespace="CELERY")
 # (worker_configs.common, .gpuN) is layered on here instead.
 layer_onto(app)
 app.autodiscover_tasks()
-
-# Registers the ``batched_queues`` command the web server asks workers to tell which queues have a live worker.
-from celery_batching import control  # noqa: E402,F401
