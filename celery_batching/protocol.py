@@ -157,7 +157,7 @@ class MessageDecoder:
                 raise ValueError(f"a JSON {type(outer).__name__}, not an object")
         except ValueError as exc:
             message.error = MalformedMessage(
-                f"queue {self.queue!r}: message is not a kombu JSON outer ({exc}): {claimed.payload[:_QUOTE_BYTES]!r}"
+                f"queue {self.queue!r}: message is not a kombu JSON envelope ({exc}): {claimed.payload[:_QUOTE_BYTES]!r}"
             )
             return message
         headers = outer.get("headers")
