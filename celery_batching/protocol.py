@@ -43,6 +43,8 @@ CHANNEL_PREFIX = "celery-batching-reply-"
 SERVING_COMMAND = "batched_queues"
 # How much of an unreadable payload to quote in an error message.
 _QUOTE_BYTES = 80
+# The canvas fields of a protocol 2 body's embed that the worker acts on.
+_EMBED_FIELDS = ("callbacks", "errbacks", "chain", "chord")
 
 
 def is_reply_channel(value: Any) -> bool:
@@ -130,6 +132,13 @@ class TaskMessage:
     #: The sender's reply channel (:mod:`~celery_batching.client.replies`), if it named a valid one.
     reply_channel: str | None = None
     received_fields: dict[str, Any] = field(default_factory=dict)
+    #: The message's headers and properties as sent (Celery builds its request from them).
+    headers: dict[str, Any] = field(default_factory=dict)
+    properties: dict[str, Any] = field(default_factory=dict)
+    #: Canvas of the call: ``callbacks``, ``errbacks``, ``chain``, ``chord`` (Celery's body "embed").
+    embed: dict[str, Any] = field(default_factory=dict)
+    content_type: str | None = None
+    content_encoding: str | None = None
 
     def expired(self, now: datetime) -> bool:
         return self.expires is not None and now >= self.expires
@@ -170,6 +179,8 @@ class MessageDecoder:
                 f"send it with Celery >= 4"
             )
             return message
+        message.headers, message.properties = headers, properties
+        message.content_type, message.content_encoding = outer.get("content-type"), outer.get("content-encoding")
         message.task_id = str(headers.get("id")) if headers.get("id") else None
         message.redelivered = bool(headers.get("redelivered"))
         message.group_id = headers.get("group")
@@ -190,7 +201,7 @@ class MessageDecoder:
         }
         try:
             message.expires = _parse_expires(headers.get("expires"))
-            message.sample = self._sample(headers, outer, properties)
+            message.sample, message.embed = self._sample(headers, outer, properties)
         except BatchingError as exc:
             message.error = exc
         except Exception as exc:  # noqa: BLE001 - every decoding problem fails this task alone
@@ -200,7 +211,10 @@ class MessageDecoder:
             )
         return message
 
-    def _sample(self, headers: dict[str, Any], outer: dict[str, Any], properties: dict[str, Any]) -> Any:
+    def _sample(
+        self, headers: dict[str, Any], outer: dict[str, Any], properties: dict[str, Any]
+    ) -> tuple[Any, dict[str, Any]]:
+        """The one sample and the canvas embed of the body."""
         name = headers["task"]
         if name != self.task_name:
             raise MalformedMessage(
@@ -227,11 +241,34 @@ class MessageDecoder:
             ) from exc
         if not (isinstance(body, (list, tuple)) and len(body) == 3):
             raise MalformedMessage(f"{self.task_name}: body is not [args, kwargs, embed] but {type(body).__name__}")
-        args, kwargs, _embed = body
+        args, kwargs, embed = body
         if not isinstance(args, (list, tuple)) or len(args) != 1 or kwargs:
             n_args = len(args) if isinstance(args, (list, tuple)) else 0
             raise InvalidTaskCall(self.task_name, n_args, sorted(kwargs) if isinstance(kwargs, dict) else [])
-        return args[0]
+        return args[0], self._embed(embed)
+
+    def _embed(self, embed: Any) -> dict[str, Any]:
+        """The canvas fields, checked now so a broken one fails its task before it reaches the model."""
+        if embed is None:
+            return {}
+        if not isinstance(embed, dict):
+            raise MalformedMessage(f"{self.task_name}: the body's embed is a {type(embed).__name__}, not an object")
+        for name in ("callbacks", "errbacks", "chain"):
+            value = embed.get(name)
+            if value is not None and not (isinstance(value, list) and all(isinstance(v, dict) for v in value)):
+                raise MalformedMessage(
+                    f"{self.task_name}: the message's {name} must be a list of signatures, got {_shape(value)}"
+                )
+        chord = embed.get("chord")
+        if chord is not None and not isinstance(chord, dict):
+            raise MalformedMessage(f"{self.task_name}: the message's chord must be a signature, got {_shape(chord)}")
+        return {name: embed[name] for name in _EMBED_FIELDS if embed.get(name) is not None}
+
+
+def _shape(value: Any) -> str:
+    """A short description of a bad value for an error message: its type, and its size when it has one."""
+    size = f" of {len(value)}" if isinstance(value, (list, tuple, dict, str)) else ""
+    return f"a {type(value).__name__}{size}: {repr(value)[:_QUOTE_BYTES]}"
 
 
 def _protocol1_id(outer: dict[str, Any]) -> str | None:

@@ -116,6 +116,7 @@ def batched(
     Options are checked here, at declaration, not when the first task runs.
     """
     policy = FlushPolicy(max_batch_size=max_batch_size, max_wait=max_wait)
+    user_base = _user_base(task_options.pop("base", None))
     _check_task_options(task_options)
     if max_sample_bytes is not None and (not isinstance(max_sample_bytes, int) or max_sample_bytes < 1):
         raise ConfigurationError(f"max_sample_bytes must be a positive int or None, got {max_sample_bytes!r}")
@@ -129,7 +130,7 @@ def batched(
     def declare(origin: Any, function: BatchFn | None, task_name: str) -> BatchedTask:
         base = type(
             "BatchedTask",
-            (BatchedTask,),
+            (BatchedTask,) if user_base is None else (BatchedTask, user_base),
             dict(
                 batch_policy=policy,
                 batch_function=staticmethod(function) if function is not None else None,
@@ -188,8 +189,23 @@ def _one_sample_body(origin: Any) -> Callable[..., Any]:
     return run
 
 
+def _user_base(base: Any) -> type[Task] | None:
+    """A ``base=`` Task class whose handlers (``on_success``, ...) the batched task keeps."""
+    if base is None:
+        return None
+    if not (isinstance(base, type) and issubclass(base, Task)):
+        raise ConfigurationError(f"base must be a celery.Task subclass, got {base!r}")
+    return base
+
+
+# Celery task options that Celery reads with a default instead of declaring on Task.
+_CELERY_RETRY_OPTIONS = frozenset(
+    {"autoretry_for", "dont_autoretry_for", "retry_kwargs", "retry_backoff", "retry_backoff_max", "retry_jitter"}
+)
+
+
 def _check_task_options(options: dict[str, Any]) -> None:
-    unknown = sorted(key for key in options if not hasattr(Task, key))
+    unknown = sorted(key for key in options if not hasattr(Task, key) and key not in _CELERY_RETRY_OPTIONS)
     if unknown:
         raise ConfigurationError(
             f"unknown option(s) {unknown} for a batched task; batching options are "

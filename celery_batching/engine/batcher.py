@@ -90,9 +90,11 @@ class Batcher:
         hooks: Sequence[BatchHooks] = (),
         clock: Callable[[], float] = time.monotonic,
         admit: Callable[[Request], BaseException | None] | None = None,
+        on_start: Callable[[list[Request]], None] | None = None,
     ) -> None:
         self.name = name
         self._admit = admit
+        self._on_start = on_start
         self.policy = policy
         self._predict = predict
         self._on_done = on_done
@@ -172,6 +174,7 @@ class Batcher:
         ``admit`` is asked about each request first (at the last moment, so a
         revoke that came while the request waited still counts); a refused
         request gets its refusal as its outcome and never reaches the model.
+        ``on_start`` then sees the admitted requests, just before ``predict``.
         """
         outcomes: list[Outcome] = []
         admitted: list[Request] = []
@@ -184,6 +187,8 @@ class Batcher:
         started = time.time()
         seconds = 0.0
         if admitted:
+            if self._on_start is not None:
+                self._on_start(admitted)
             call_hooks(self._hooks, "before_predict", self.name, len(admitted))
             began = time.perf_counter()
             results = predict_isolated(self.name, self._predict, [request.sample for request in admitted])

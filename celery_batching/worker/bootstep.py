@@ -66,7 +66,9 @@ class BatchingStep(bootsteps.StartStopStep):
             hooks.append(exporter)
         for task in self.tasks:
             spec = self._spec(worker.app, task)
-            consumer = BatchedQueueConsumer(worker.app, spec, worker.hostname, bool(worker.task_events), hooks)
+            consumer = BatchedQueueConsumer(
+                worker.app, spec, worker.hostname, bool(worker.task_events), hooks, getattr(worker, "consumer", None)
+            )
             consumer.start()
             self.consumers.append(consumer)
             logger.info(
@@ -101,6 +103,7 @@ class BatchingStep(bootsteps.StartStopStep):
             validate=validate,
             ignore_result=bool(task.ignore_result),
             max_sample_bytes=task.max_sample_bytes,
+            task=task,
         )
 
 

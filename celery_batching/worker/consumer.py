@@ -9,6 +9,10 @@ Three threads per queue, so the model never waits for Redis:
 * the *writer* stores each task's result (one pipeline per batch), then
   acknowledges the messages, then sends the task events.
 
+Around each sample, Celery's own steps (signals, handlers, callbacks, chords,
+retries, STARTED) run through :class:`~celery_batching.worker.outcomes.TaskTracer`:
+before the batch on the predictor thread, after it on the writer thread.
+
 A message is acknowledged only after its result is stored. Tasks that never
 reach the model (revoked, expired, malformed, duplicates) go straight to the
 writer.
@@ -37,6 +41,7 @@ from ..engine.policy import FlushPolicy
 from ..protocol import MessageDecoder, TaskMessage
 from .claim import RedisQueue
 from .events import TaskEvents
+from .outcomes import Settled, TaskTracer, Traced, new_trace
 from .results import ResultWriter, TaskResult
 
 logger = logging.getLogger(__name__)
@@ -66,6 +71,8 @@ class QueueSpec:
     validate: Validator | None
     ignore_result: bool
     max_sample_bytes: int | None
+    #: The Celery task itself: its handlers, retry options and request stack.
+    task: Any = None
 
 
 @dataclass
@@ -78,11 +85,24 @@ class _Done:
     runtime: float
 
 
+@dataclass
+class _Started:
+    """Writer work: the STARTED records of a batch that began (``task_track_started``)."""
+
+    results: list[TaskResult]
+
+
 class BatchedQueueConsumer:
     """Serves one batched queue inside a worker process."""
 
     def __init__(
-        self, app: Celery, spec: QueueSpec, hostname: str, send_events: bool, hooks: Sequence[BatchHooks] = ()
+        self,
+        app: Celery,
+        spec: QueueSpec,
+        hostname: str,
+        send_events: bool,
+        hooks: Sequence[BatchHooks] = (),
+        celery_consumer: Any = None,
     ) -> None:
         self.app = app
         self.spec = spec
@@ -100,10 +120,20 @@ class BatchedQueueConsumer:
         self.writer = ResultWriter(app, spec.task_name)
         self.events = TaskEvents(app, hostname, send_events)
         self.batcher = Batcher(
-            spec.task_name, spec.predict, spec.policy, self._batch_done, self.hooks, admit=self._admit
+            spec.task_name,
+            spec.predict,
+            spec.policy,
+            self._batch_done,
+            self.hooks,
+            admit=self._admit,
+            on_start=self._batch_starts,
         )
+        task = spec.task if spec.task is not None else app.tasks[spec.task_name]
+        self.tracer = TaskTracer(app, task, hostname, celery_consumer)
+        # Samples that carry their Celery request through the batch, by id() of their message.
+        self._traced: dict[int, Traced] = {}
         self._stopping = threading.Event()
-        self._writes: queue_module.SimpleQueue[_Done | None] = queue_module.SimpleQueue()
+        self._writes: queue_module.SimpleQueue[_Done | _Started | None] = queue_module.SimpleQueue()
         self._fetcher = threading.Thread(target=self._fetch_loop, name=f"fetch:{spec.queue}", daemon=True)
         self._writer_thread = threading.Thread(target=self._write_loop, name=f"write:{spec.queue}", daemon=True)
         self._next_restore = 0.0
@@ -179,12 +209,16 @@ class BatchedQueueConsumer:
         runnable: list[Request] = []
         unrun: list[TaskMessage] = []
         duplicates: list[TaskMessage] = []
+        self.tracer.received(messages)
+        traces_all = self.tracer.traces()
         for message in messages:
             if message.task_id in already_done:
                 call_hooks(self.hooks, "after_skip", self.spec.task_name, message.task_id, "duplicate")
                 duplicates.append(message)
                 continue
             if message.error is None:
+                if traces_all or self.tracer.needs_request(message):
+                    self._traced[id(message)] = new_trace(self.tracer, message)
                 self._validate(message)
             if message.error is None:
                 runnable.append(Request(message.sample, context=message))
@@ -232,6 +266,19 @@ class BatchedQueueConsumer:
 
     # -- predictor hand-off ------------------------------------------------
 
+    def _batch_starts(self, requests: list[Request]) -> None:
+        """Celery's steps before the body, for each sample of a batch about to run."""
+        if not self._traced:
+            return
+        messages = [request.context for request in requests]
+        try:
+            started = self.tracer.before(messages, self._traced)
+        except Exception:  # noqa: BLE001 - the batch runs whatever an observer did
+            logger.exception("%s: preparing a batch's tasks failed", self.spec.queue)
+            return
+        if started:
+            self._writes.put(_Started([self.tracer.started_result(m, self._traced[id(m)]) for m in started]))
+
     def _batch_done(self, report: BatchReport) -> None:
         messages = [outcome.request.context for outcome in report.outcomes]
         results = [self._outcome_result(outcome) for outcome in report.outcomes]
@@ -258,15 +305,27 @@ class BatchedQueueConsumer:
     # -- writer ----------------------------------------------------------
 
     def _write_loop(self) -> None:
-        while (done := self._writes.get()) is not None:
+        while (job := self._writes.get()) is not None:
             try:
-                self._write(done)
+                if isinstance(job, _Started):
+                    self._retry(lambda: self.writer.write(job.results), "store STARTED states")
+                else:
+                    self._write(job)
             except Exception:  # noqa: BLE001 - messages stay unacked and come back later
                 logger.exception("%s: storing a batch failed; its messages stay unacknowledged", self.spec.queue)
 
     def _write(self, done: _Done) -> None:
-        stored = self._retry(lambda: self.writer.write(self._guard_late(done)), "store results")
+        traced = {id(m): self._traced[id(m)] for m in done.messages if id(m) in self._traced}
+        settled = self.tracer.settle(done.messages, done.results, traced) if traced else Settled(done.results)
+        stored = self._retry(
+            lambda: self.writer.write(self._guard_late(done.messages, settled.results)), "store results"
+        )
         self._retry(lambda: self.queue.ack([m.claimed.tag for m in done.messages]), "acknowledge")
+        if traced:
+            settled.results = stored
+            self.tracer.finish(done.messages, settled, traced, done.runtime)
+            for key in traced:
+                self._traced.pop(key, None)
         for message, result in zip(done.messages, stored):
             if result.failed and not message.task_id:
                 logger.error("%s: dropped a message with no task id: %s", self.spec.queue, result.value)
@@ -291,7 +350,7 @@ class BatchedQueueConsumer:
         except Exception:  # noqa: BLE001 - results are stored and acknowledged already
             logger.exception("%s: sending the task events of a batch failed", self.spec.queue)
 
-    def _guard_late(self, done: _Done) -> list[TaskResult]:
+    def _guard_late(self, messages: list[TaskMessage], results: list[TaskResult]) -> list[TaskResult]:
         """Results of messages held past the visibility timeout are stored only if none is there.
 
         Such a message may have been restored and run by another worker, whose
@@ -300,7 +359,7 @@ class BatchedQueueConsumer:
         restorable_before = time.time() - self._visibility_timeout
         return [
             replace(result, store_once=True) if message.claimed_at < restorable_before else result
-            for message, result in zip(done.messages, done.results)
+            for message, result in zip(messages, results)
         ]
 
     def _retry(self, action: Callable[[], Any], what: str) -> Any:

@@ -66,7 +66,15 @@ class TaskEvents:
             # The dispatcher stamps every event with its own (this) pid.
             send("task-started", timestamp=started, uuid=result.task_id)
             finished = started + runtime
-            if result.state == states.SUCCESS:
+            if result.state == states.RETRY:
+                send(
+                    "task-retried",
+                    timestamp=finished,
+                    uuid=result.task_id,
+                    exception=saferepr(result.value),
+                    traceback=format_traceback(result.value),
+                )
+            elif result.state == states.SUCCESS:
                 send(
                     "task-succeeded",
                     timestamp=finished,

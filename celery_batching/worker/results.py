@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import traceback as tb_module
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from importlib import resources
 from typing import Any
 
@@ -36,7 +36,9 @@ class TaskResult:
     parent_id: str | None = None
     #: Also published here: the sender's reply channel.
     reply_channel: str | None = None
-    extended: dict[str, Any] = field(default_factory=dict)
+    #: The task's Celery request, when it has one: the stored record then carries what
+    #: Celery's own worker stores from it (``result_extended`` fields, children).
+    request: Any = None
 
     @property
     def failed(self) -> bool:
@@ -45,6 +47,10 @@ class TaskResult:
 
 def format_traceback(exc: BaseException) -> str:
     return "".join(tb_module.format_exception(type(exc), exc, exc.__traceback__))
+
+
+# States whose stored exception carries its traceback, as Celery stores them.
+_TRACEBACK_STATES = frozenset({states.FAILURE, states.RETRY})
 
 
 class ResultWriter:
@@ -108,21 +114,24 @@ class ResultWriter:
         value = result.value
         traceback = None
         if isinstance(value, BaseException):
-            traceback = format_traceback(value) if result.state == states.FAILURE else None
+            traceback = format_traceback(value) if result.state in _TRACEBACK_STATES else None
             value = self.backend.prepare_exception(value, self.serializer)
-        meta: dict[str, Any] = {
+        if result.request is not None:
+            meta = self.backend._get_result_meta(value, result.state, traceback, result.request)
+            meta["task_id"] = result.task_id
+            return meta
+        meta = {
             "status": result.state,
             "result": value,
             "traceback": traceback,
             "children": [],
-            "date_done": date_done,
+            "date_done": date_done if result.state in states.READY_STATES else None,
             "task_id": result.task_id,
         }
         if result.group_id:
             meta["group_id"] = result.group_id
         if result.parent_id:
             meta["parent_id"] = result.parent_id
-        meta.update(result.extended)
         return meta
 
     def _write_redis(self, encoded: list[tuple[TaskResult, str]]) -> None:
@@ -146,5 +155,6 @@ class ResultWriter:
             pipe.execute()
 
     def _write_generic(self, result: TaskResult) -> None:
-        traceback = format_traceback(result.value) if result.state == states.FAILURE else None
-        self.backend.store_result(result.task_id, result.value, result.state, traceback=traceback)
+        traceback = format_traceback(result.value) if result.state in _TRACEBACK_STATES else None
+        self.backend.store_result(result.task_id, result.value, result.state, traceback=traceback,
+                                  request=result.request)
