@@ -181,24 +181,33 @@ class Flaky(Exception):
     """The exception the retrying twins retry on."""
 
 
-def _attempts(key: str) -> int:
-    return int(_redis.incr(f"attempts:{key}"))
+class CountsAttempts(Recorded):
+    """Counts each attempt of a task at ``attempts:<task>:<sample>``, once per try, before it runs."""
+
+    def before_start(self, task_id, args, kwargs):
+        super().before_start(task_id, args, kwargs)
+        _redis.incr(f"attempts:{self.name}:{args[0]}")
 
 
-@batched(app, max_batch_size=32, name="b_flaky", base=Recorded, autoretry_for=(Flaky,), max_retries=2,
+def _failing(task: str, sample: str) -> bool:
+    """A sample "fail:N" fails its first N attempts."""
+    return sample.startswith("fail:") and int(_redis.get(f"attempts:{task}:{sample}") or 0) <= int(sample[5:])
+
+
+@batched(app, max_batch_size=32, name="b_flaky", base=CountsAttempts, autoretry_for=(Flaky,), max_retries=2,
          retry_backoff=False, default_retry_delay=0)
 def b_flaky(batch: list[str]) -> list[str]:
-    """A sample "fail:N" fails its first N attempts with Flaky; others succeed at once."""
+    """Samples "fail:N" fail their first N attempts with Flaky; others succeed at once."""
     record("batch", task="b_flaky", size=len(batch))
     for sample in batch:
-        if sample.startswith("fail:") and _attempts(f"b:{sample}") <= int(sample.split(":")[1]):
+        if _failing("b_flaky", sample):
             raise Flaky(sample)
     return [sample.upper() for sample in batch]
 
 
-@app.task(name="o_flaky", base=Recorded, autoretry_for=(Flaky,), max_retries=2, retry_backoff=False,
+@app.task(name="o_flaky", base=CountsAttempts, autoretry_for=(Flaky,), max_retries=2, retry_backoff=False,
           default_retry_delay=0)
 def o_flaky(sample: str) -> str:
-    if sample.startswith("fail:") and _attempts(f"o:{sample}") <= int(sample.split(":")[1]):
+    if _failing("o_flaky", sample):
         raise Flaky(sample)
     return sample.upper()
