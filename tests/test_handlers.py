@@ -7,6 +7,7 @@ sample of a batch, in the same order and with the arguments Celery passes.
 from __future__ import annotations
 
 import importlib
+import json
 
 import pytest
 from celery import states
@@ -113,3 +114,24 @@ def test_revoked_task_sends_task_revoked(canvas, start_worker, redis_server):
     wait_until(lambda: waiting.state == states.REVOKED, 30, "the revoked task to be marked")
     wait_until(lambda: [r for r in seen(client, "task_revoked") if r["id"] == waiting.id], 10, "task_revoked")
     assert "task_prerun" not in story(client, waiting.id)
+
+
+def test_opentelemetry_records_one_span_per_batched_task(canvas, start_worker, redis_server):
+    # Given a worker instrumented by opentelemetry-instrumentation-celery, and calls queued before it starts
+    batched = [canvas.b_add_one.delay(i) for i in range(16)]
+    ordinary = canvas.o_add_one.delay(0)
+    start_worker("tests.apps.otel")
+    for result in [*batched, ordinary]:
+        result.get(timeout=30)
+    client = redis_server.client(0)
+    # Then each batched task has exactly one run span of its own, as the ordinary task has
+    wait_until(lambda: client.llen("spans") >= len(batched) + 1, 10, "the spans")
+    spans = [json.loads(line) for line in client.lrange("spans", 0, -1)]
+    runs = [s for s in spans if s["name"] == "run/b_add_one"]
+    ids_per_span = [{v for v in s["attributes"].values() if v in {r.id for r in batched}} for s in runs]
+    assert sorted(i for ids in ids_per_span for i in ids) == sorted(r.id for r in batched)
+    assert all(len(ids) == 1 for ids in ids_per_span)
+    assert [s["name"] for s in spans].count("run/o_add_one") == 1
+    # And the spans are siblings, not nested in one another, though they ran as one batch
+    assert not {s["parent_id"] for s in runs} & {s["span_id"] for s in runs}
+    assert max(batch_sizes(client, "b_add_one")) > 1
