@@ -41,6 +41,7 @@ from ..engine.policy import FlushPolicy
 from ..protocol import MessageDecoder, TaskMessage
 from .claim import RedisQueue
 from .events import TaskEvents
+from .held import HeldTasks
 from .outcomes import Settled, TaskTracer, Traced, new_trace
 from .results import ResultWriter, TaskResult
 
@@ -130,6 +131,7 @@ class BatchedQueueConsumer:
         )
         task = spec.task if spec.task is not None else app.tasks[spec.task_name]
         self.tracer = TaskTracer(app, task, hostname, celery_consumer)
+        self.held = HeldTasks(spec.task_name, hostname)
         # Samples that carry their Celery request through the batch, by id() of their message.
         self._traced: dict[int, Traced] = {}
         self._stopping = threading.Event()
@@ -230,6 +232,7 @@ class BatchedQueueConsumer:
         if unrun:
             results = [self._task_result(m, _unrun_state(m.error), m.error) for m in unrun]
             self._writes.put(_Done(unrun, results, time.time(), 0.0))
+        self.held.reserve(request.context for request in runnable)
         self.batcher.put(runnable)
 
     def _validate(self, message: TaskMessage) -> None:
@@ -268,9 +271,12 @@ class BatchedQueueConsumer:
 
     def _batch_starts(self, requests: list[Request]) -> None:
         """Celery's steps before the body, for each sample of a batch about to run."""
+        messages = [request.context for request in requests]
+        self.held.activate(messages)
+        worker_state.total_count.update({self.spec.task_name: len(messages)})  # ``inspect stats`` counts them
+        worker_state.all_total_count[0] += len(messages)
         if not self._traced:
             return
-        messages = [request.context for request in requests]
         try:
             started = self.tracer.before(messages, self._traced)
         except Exception:  # noqa: BLE001 - the batch runs whatever an observer did
@@ -315,6 +321,9 @@ class BatchedQueueConsumer:
                 logger.exception("%s: storing a batch failed; its messages stay unacknowledged", self.spec.queue)
 
     def _write(self, done: _Done) -> None:
+        terminated = self.held.release(done.messages)
+        if terminated:
+            done.results = [_terminated(r) if r.task_id in terminated else r for r in done.results]
         traced = {id(m): self._traced[id(m)] for m in done.messages if id(m) in self._traced}
         settled = self.tracer.settle(done.messages, done.results, traced) if traced else Settled(done.results)
         stored = self._retry(
@@ -375,6 +384,11 @@ class BatchedQueueConsumer:
                         raise
                 logger.warning("%s: cannot %s, Redis unavailable (%s); retrying", self.spec.queue, what, exc)
                 time.sleep(RETRY_PAUSE_SECONDS)
+
+
+def _terminated(result: TaskResult) -> TaskResult:
+    """The outcome of a task revoked with ``terminate=True`` while its batch ran."""
+    return replace(result, state=states.REVOKED, value=TaskRevokedError("terminated"))
 
 
 def _unrun_state(error: BaseException | None) -> str:

@@ -58,7 +58,7 @@ class TaskEvents:
                     "task-revoked",
                     timestamp=started,
                     uuid=result.task_id,
-                    terminated=False,
+                    terminated=str(result.value) == "terminated",
                     signum=None,
                     expired=str(result.value) == "expired",
                 )

@@ -243,8 +243,9 @@ class TaskTracer:
                 self._backend_step("chord", task.backend.mark_as_revoked, message.task_id, str(result.value),
                                    request=request, store_result=False)
                 if signals.task_revoked.receivers:
+                    reason = str(result.value)
                     self._guarded("task_revoked", signals.task_revoked.send, sender=task, request=request,
-                                  terminated=False, signum=None, expired=str(result.value) == "expired")
+                                  terminated=reason == "terminated", signum=None, expired=reason == "expired")
             else:
                 self._fail(message, trace, result, args)
             if result.state not in (states.RETRY, states.REVOKED):
