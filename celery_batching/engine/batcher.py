@@ -53,23 +53,26 @@ class BatchReport:
     seconds: float
 
 
-def predict_isolated(task_name: str, predict: PredictFn, samples: list[Any]) -> list[tuple[Any, BaseException | None]]:
+def predict_isolated(
+    task_name: str, predict: PredictFn, samples: list[Any], unsplittable: tuple[type[BaseException], ...] = ()
+) -> list[tuple[Any, BaseException | None]]:
     """Run ``predict`` on ``samples``; when it raises, bisect so only bad samples fail.
 
     A raising batch is split in halves and each half retried, down to single
     samples, which fail with their own exception. An out-of-memory error on a
     big batch is thereby retried on smaller ones before any sample fails. A
     result of the wrong length fails the whole batch: there is no telling which
-    output belongs to which sample.
+    output belongs to which sample. An ``unsplittable`` exception (a time limit) is
+    no sample's fault: it fails the whole batch at once.
     """
     try:
         outputs = predict(samples)
     except Exception as exc:  # noqa: BLE001 - any model error is isolated, never fatal
-        if len(samples) == 1:
-            return [(None, exc)]
+        if len(samples) == 1 or isinstance(exc, unsplittable):
+            return [(None, exc)] * len(samples)
         middle = len(samples) // 2
-        return predict_isolated(task_name, predict, samples[:middle]) + predict_isolated(
-            task_name, predict, samples[middle:]
+        return predict_isolated(task_name, predict, samples[:middle], unsplittable) + predict_isolated(
+            task_name, predict, samples[middle:], unsplittable
         )
     if not isinstance(outputs, Sized) or len(outputs) != len(samples):
         got = len(outputs) if isinstance(outputs, Sized) else f"a {type(outputs).__name__}"
@@ -91,10 +94,12 @@ class Batcher:
         clock: Callable[[], float] = time.monotonic,
         admit: Callable[[Request], BaseException | None] | None = None,
         on_start: Callable[[list[Request]], None] | None = None,
+        unsplittable: tuple[type[BaseException], ...] = (),
     ) -> None:
         self.name = name
         self._admit = admit
         self._on_start = on_start
+        self._unsplittable = unsplittable
         self.policy = policy
         self._predict = predict
         self._on_done = on_done
@@ -191,7 +196,9 @@ class Batcher:
                 self._on_start(admitted)
             call_hooks(self._hooks, "before_predict", self.name, len(admitted))
             began = time.perf_counter()
-            results = predict_isolated(self.name, self._predict, [request.sample for request in admitted])
+            results = predict_isolated(
+                self.name, self._predict, [request.sample for request in admitted], self._unsplittable
+            )
             seconds = time.perf_counter() - began
             call_hooks(self._hooks, "after_predict", self.name, len(admitted), seconds)
             outcomes += [Outcome(request, value, error) for request, (value, error) in zip(admitted, results)]

@@ -20,7 +20,9 @@ writer.
 
 from __future__ import annotations
 
+import functools
 import logging
+import os
 import queue as queue_module
 import threading
 import time
@@ -31,7 +33,8 @@ from typing import Any
 
 import redis
 from celery import Celery, states
-from celery.exceptions import TaskRevokedError
+from celery.exceptions import SoftTimeLimitExceeded, TaskRevokedError, TimeLimitExceeded
+from celery.platforms import EX_FAILURE
 from celery.worker import state as worker_state
 from kombu.serialization import prepare_accept_content
 
@@ -42,6 +45,7 @@ from ..protocol import MessageDecoder, TaskMessage
 from .claim import RedisQueue
 from .events import TaskEvents
 from .held import HeldTasks
+from .limits import PredictLimits, time_limits
 from .outcomes import Settled, TaskTracer, Traced, new_trace
 from .results import ResultWriter, TaskResult
 
@@ -120,16 +124,22 @@ class BatchedQueueConsumer:
         )
         self.writer = ResultWriter(app, spec.task_name)
         self.events = TaskEvents(app, hostname, send_events)
+        task = spec.task if spec.task is not None else app.tasks[spec.task_name]
+        soft, hard = time_limits(task, app)
+        self._limits = PredictLimits(spec.task_name, soft, hard, self._hard_time_limit) if soft or hard else None
         self.batcher = Batcher(
             spec.task_name,
-            spec.predict,
+            spec.predict if self._limits is None else functools.partial(self._limits.call, spec.predict),
             spec.policy,
             self._batch_done,
             self.hooks,
             admit=self._admit,
             on_start=self._batch_starts,
+            unsplittable=(SoftTimeLimitExceeded,),
         )
-        task = spec.task if spec.task is not None else app.tasks[spec.task_name]
+        # The batch predict() is running on, and whether it ran past its hard time limit.
+        self._running: list[TaskMessage] = []
+        self._hung = False
         self.tracer = TaskTracer(app, task, hostname, celery_consumer)
         self.held = HeldTasks(spec.task_name, hostname)
         # Samples that carry their Celery request through the batch, by id() of their message.
@@ -161,7 +171,8 @@ class BatchedQueueConsumer:
         self.request_stop()
         self._give_back(self.batcher.stop(timeout=0))  # no batch starts from now on
         self._fetcher.join()
-        self._give_back(self.batcher.stop())  # what the fetcher handed over meanwhile
+        # What the fetcher handed over meanwhile; a predictor stuck past its time limit is not waited for.
+        self._give_back(self.batcher.stop(timeout=0 if self._hung else None))
         self._writes.put(None)
         self._writer_thread.join()
         self.events.close()
@@ -272,6 +283,7 @@ class BatchedQueueConsumer:
     def _batch_starts(self, requests: list[Request]) -> None:
         """Celery's steps before the body, for each sample of a batch about to run."""
         messages = [request.context for request in requests]
+        self._running = messages
         self.held.activate(messages)
         worker_state.total_count.update({self.spec.task_name: len(messages)})  # ``inspect stats`` counts them
         worker_state.all_total_count[0] += len(messages)
@@ -285,7 +297,32 @@ class BatchedQueueConsumer:
         if started:
             self._writes.put(_Started([self.tracer.started_result(m, self._traced[id(m)]) for m in started]))
 
+    def _hard_time_limit(self, seconds: float) -> None:
+        """``predict`` ran past ``time_limit``: fail its tasks, and stop the worker for a fresh one.
+
+        The predictor thread cannot be killed, and a model stuck in a kernel may
+        never return: the worker shuts down warmly (the other queues finish
+        their batches) and, should that hang too, exits after a deadline.
+        """
+        messages, self._running, self._hung = self._running, [], True
+        error = TimeLimitExceeded(seconds)
+        results = [self._task_result(m, states.FAILURE, error) for m in messages]
+        self._writes.put(_Done(messages, results, time.time(), seconds))
+        logger.error(
+            "%s: predict() ran past time_limit=%ss; its %d task(s) fail with TimeLimitExceeded and this worker "
+            "stops for its supervisor to start a fresh one",
+            self.spec.task_name, seconds, len(messages),
+        )
+        self.request_stop()
+        worker_state.should_stop = EX_FAILURE
+        deadline = threading.Timer(SHUTDOWN_WRITE_DEADLINE_SECONDS, os._exit, (EX_FAILURE,))
+        deadline.daemon = True
+        deadline.start()
+
     def _batch_done(self, report: BatchReport) -> None:
+        if self._hung:
+            logger.warning("%s: a batch returned after its time limit; its outcomes stay failed", self.spec.queue)
+            return
         messages = [outcome.request.context for outcome in report.outcomes]
         results = [self._outcome_result(outcome) for outcome in report.outcomes]
         self._writes.put(_Done(messages, results, report.started, report.seconds))

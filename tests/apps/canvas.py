@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 
 import redis
 from celery import Celery, Task, signals
@@ -145,6 +146,24 @@ def b_gated(batch: list[int]) -> list[int]:
 def o_gated(x: int) -> int:
     _redis.blpop(["gate"], timeout=30)
     return x
+
+
+@batched(app, max_batch_size=32, name="b_soft_limited", soft_time_limit=0.5)
+def b_soft_limited(batch: list[int]) -> list[int]:
+    """Runs Python code for up to 20 s: the soft limit interrupts it."""
+    record("batch", task="b_soft_limited", size=len(batch))
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        time.sleep(0.01)
+    return batch
+
+
+@batched(app, max_batch_size=32, name="b_hard_limited", time_limit=1)
+def b_hard_limited(batch: list[int]) -> list[int]:
+    """Stuck in one C call for a minute, as in a hung kernel: only the hard limit gets it out."""
+    record("batch", task="b_hard_limited", size=len(batch))
+    time.sleep(60)
+    return batch
 
 
 @batched(app, max_batch_size=32, name="b_total")
