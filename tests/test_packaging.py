@@ -54,6 +54,7 @@ def source_files() -> list[str]:
     listed = subprocess.run(
         ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
         cwd=ROOT,
+        check=False,
         capture_output=True,
         check=True,
     ).stdout.decode()
@@ -88,6 +89,7 @@ def build_wheel(source: Path, out: Path) -> tuple[Path, str]:
             str(out),
         ],
         cwd=source,
+        check=False,
         capture_output=True,
         text=True,
         # (with PYTHONDONTWRITEBYTECODE set, setuptools says it skips byte-compiling: not a project warning)
@@ -128,6 +130,7 @@ def test_the_wheel_installs_alone_and_serves_a_batched_task(tmp_path, redis_url)
     python, celery = env_dir / "bin" / "python", env_dir / "bin" / "celery"
     install = subprocess.run(
         [python, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", wheel],
+        check=False,
         capture_output=True,
         text=True,
         env=clean_env(),
@@ -142,6 +145,7 @@ def test_the_wheel_installs_alone_and_serves_a_batched_task(tmp_path, redis_url)
             "print(sorted(p.name for p in resources.files(w).joinpath('lua').iterdir()))",
         ],
         cwd=tmp_path,
+        check=False,
         capture_output=True,
         text=True,
         env=clean_env(),
@@ -184,7 +188,9 @@ def test_the_wheel_installs_alone_and_serves_a_batched_task(tmp_path, redis_url)
             return " ready." in log_path.read_text()
 
         wait_until(ready, 60, "the installed worker to be ready")
-        client = subprocess.run([python, "client.py"], cwd=scratch, capture_output=True, text=True, env=env, timeout=60)
+        client = subprocess.run(
+            [python, "client.py"], check=False, cwd=scratch, capture_output=True, text=True, env=env, timeout=60
+        )
 
         # Then the results come back, computed by the installed package, not this checkout
         assert client.returncode == 0, client.stdout + client.stderr + log_path.read_text()
