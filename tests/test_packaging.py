@@ -54,7 +54,6 @@ def source_files() -> list[str]:
     listed = subprocess.run(
         ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
         cwd=ROOT,
-        check=False,
         capture_output=True,
         check=True,
     ).stdout.decode()
