@@ -1,11 +1,12 @@
 """The wheel, as a user gets it: built without warnings, installed alone, serving a batched task.
 
-The wheel is built from the files git knows (tracked or not ignored), so a file
-the build needs but nobody added shows up here, not on a user's machine. It is
-installed into a fresh virtual environment with its dependencies from the
-package index, and everything after that runs from a scratch directory with no
-path to this checkout: if the Lua scripts or ``py.typed`` were left out of the
-wheel, the worker below could not claim a single message.
+The wheel is built as pip builds a source release (an sdist, then a wheel from
+it), from the files git knows (tracked or not ignored), so a file the build
+needs but nobody added, or one the sdist leaves out, shows up here and not on
+a user's machine. It is installed into a fresh virtual environment with its
+dependencies from the package index, and everything after that runs from a
+scratch directory with no path to this checkout: had the Lua scripts been left
+out of the wheel, the worker below could not claim a single message.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import os
 import re
 import subprocess
 import sys
+import tarfile
 import tomllib
 import venv
 import zipfile
@@ -74,17 +76,20 @@ def clean_env(**extra: str) -> dict[str, str]:
     return {**env, "PYTHONUNBUFFERED": "1", "PYTHONNOUSERSITE": "1", **extra}
 
 
-def build_wheel(source: Path, out: Path) -> tuple[Path, str]:
-    """The setuptools backend from this environment, every warning an error."""
-    # setuptools' own deprecation warnings are what we look for; -W error makes them fatal
-    # and the captured output shows anything printed instead.
+def backend(hook: str, source: Path, out: Path) -> tuple[Path, str]:
+    """Run one setuptools backend hook (``build_sdist``, ``build_wheel``) from this environment.
+
+    Every Python warning is an error (``-W error``), and the printed output is
+    returned for the caller to search, so a deprecation fails the test.
+    """
+    out.mkdir(parents=True, exist_ok=True)
     result = subprocess.run(
         [
             sys.executable,
             "-W",
             "error",
             "-c",
-            "import sys; from setuptools import build_meta; print(build_meta.build_wheel(sys.argv[1]))",
+            f"import sys; from setuptools import build_meta; print(build_meta.{hook}(sys.argv[1]))",
             str(out),
         ],
         cwd=source,
@@ -96,6 +101,16 @@ def build_wheel(source: Path, out: Path) -> tuple[Path, str]:
     )
     assert result.returncode == 0, result.stdout + result.stderr
     return out / result.stdout.strip().splitlines()[-1], result.stdout + result.stderr
+
+
+def build_wheel(source: Path, tmp_path: Path) -> tuple[Path, str]:
+    """The way pip builds from a source release: an sdist first, then a wheel from the unpacked sdist."""
+    sdist, sdist_output = backend("build_sdist", source, tmp_path / "sdist")
+    with tarfile.open(sdist) as archive:
+        archive.extractall(tmp_path / "unpacked", filter="data")
+    (unpacked,) = (tmp_path / "unpacked").iterdir()
+    wheel, wheel_output = backend("build_wheel", unpacked, tmp_path / "dist")
+    return wheel, sdist_output + wheel_output
 
 
 def test_the_dockerfile_names_only_extras_that_exist():
@@ -115,7 +130,7 @@ def test_the_setup_script_installs_the_declared_extras():
 
 def test_the_wheel_installs_alone_and_serves_a_batched_task(tmp_path, redis_url):
     # Given a wheel built from the project's files, without a warning
-    wheel, build_output = build_wheel(copy_source(tmp_path / "src"), tmp_path / "dist")
+    wheel, build_output = build_wheel(copy_source(tmp_path / "src"), tmp_path)
     assert not re.search(r"warn|deprecat", build_output, re.IGNORECASE), build_output
     names = zipfile.ZipFile(wheel).namelist()
     for lua in ("claim.lua", "give_back.lua", "store_once.lua"):
