@@ -25,8 +25,6 @@ import pytest
 
 from tests.servers import ROOT, stop_process, wait_until
 
-pytestmark = pytest.mark.slow
-
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 
 # The app a user would write, run from the scratch directory by the installed package only.
@@ -128,6 +126,7 @@ def test_the_setup_script_installs_the_declared_extras():
     assert set(group.split(",")) == {"models", "django", "dev", "docs"}
 
 
+@pytest.mark.slow
 def test_the_wheel_installs_alone_and_serves_a_batched_task(tmp_path, redis_url):
     # Given a wheel built from the project's files, without a warning
     wheel, build_output = build_wheel(copy_source(tmp_path / "src"), tmp_path)
