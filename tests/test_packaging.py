@@ -154,8 +154,10 @@ def test_the_wheel_installs_alone_and_serves_a_batched_task(tmp_path, redis_url)
         [
             python,
             "-c",
-            "from importlib import resources; import celery_batching.worker as w;"
-            "print(sorted(p.name for p in resources.files(w).joinpath('lua').iterdir()))",
+            (
+                "from importlib import resources; import celery_batching.worker as w;"
+                "print(sorted(p.name for p in resources.files(w).joinpath('lua').iterdir()))"
+            ),
         ],
         cwd=tmp_path,
         check=False,
