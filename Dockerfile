@@ -8,9 +8,11 @@ WORKDIR /app
 
 # torch first and pinned: PyPI's Linux x86_64 build carries CUDA, for the GPU workers.
 RUN pip install "torch==2.13.0"
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md LICENSE ./
 COPY celery_batching ./celery_batching
-RUN pip install ".[models,metrics,django]"
+# Extras named here must exist in pyproject.toml (tests/test_packaging.py checks);
+# the Prometheus exporter is a core dependency, so it needs none.
+RUN pip install ".[models,django]"
 COPY django_demo ./django_demo
 COPY worker_configs ./worker_configs
 COPY manage.py ./

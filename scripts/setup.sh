@@ -24,7 +24,7 @@ if [ ! -f "$stamp" ]; then
     .venv/bin/pip install -q --upgrade pip
     # The CPU build of torch first, so nothing pulls a multi-GB CUDA build.
     .venv/bin/pip install -q "torch==2.13.0"
-    .venv/bin/pip install -q -e ".[models,django,dev]"
+    .venv/bin/pip install -q -e ".[models,django,dev,docs]"
     rm -f .venv/.installed-*
     touch "$stamp"
 fi

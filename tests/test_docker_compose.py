@@ -1,7 +1,7 @@
 """docker-compose.yml without a Docker engine: its structure, and its commands run for real.
 
 The file must describe Redis with AOF, gunicorn, one worker per GPU that
-reserves and sees only its GPU, and Flower; the README must show the same
+reserves and sees only its GPU, and Flower; the docs must show the same
 commands; and each command, started here on loopback as compose would start
 it (addresses aside, the CPU instead of a GPU), must serve.
 """
@@ -103,11 +103,55 @@ def test_missing_secrets_stop_compose():
         interpolate(COMPOSE.read_text(), {"DJANGO_SECRET_KEY": "k"})
 
 
-def test_readme_shows_the_same_commands(compose):
-    readme = " ".join((ROOT / "README.md").read_text().split())
+def test_an_empty_flower_basic_auth_stops_compose():
+    # Flower given --basic-auth= (empty) runs with no authentication at all; compose's ${VAR:?} refuses it
+    with pytest.raises(KeyError, match="FLOWER_BASIC_AUTH is required"):
+        interpolate(COMPOSE.read_text(), {"DJANGO_SECRET_KEY": "k", "FLOWER_BASIC_AUTH": ""})
+
+
+def documented_text() -> str:
+    """README.md and docs/, with ``${VAR:?...}`` read as ``$VAR``, whitespace collapsed."""
+    pages = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
+    text = "\n".join(page.read_text() for page in pages)
+    return " ".join(interpolate(text, {}, required_as_reference=True).split())
+
+
+def test_the_docs_show_the_same_commands(compose):
+    documented = documented_text()
     for service in APP_SERVICES:
         text = " ".join(command(compose, service, references=True))
-        assert text in readme, f"README.md does not show the {service} command: {text}"
+        assert text in documented, f"README.md and docs/ do not show the {service} command: {text}"
+
+
+def test_every_documented_flower_command_refuses_an_empty_basic_auth():
+    pages = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md")), COMPOSE]
+    uses = [
+        (page.name, line.strip())
+        for page in pages
+        for line in page.read_text().splitlines()
+        if " flower " in f" {line} " and "--basic-auth" in line
+    ]
+    assert uses, "no Flower command with --basic-auth found in the docs"
+    for page, line in uses:
+        assert "--basic-auth=${FLOWER_BASIC_AUTH:?" in line, f"{page}: {line}"
+
+
+def test_the_shell_refuses_the_documented_flower_command_with_an_empty_basic_auth():
+    # Given the documented command, with Flower itself replaced by echo
+    (line,) = {
+        line.strip()
+        for line in (ROOT / "docs" / "deployment.md").read_text().splitlines()
+        if line.startswith("celery -A django_demo flower")
+    }
+    # When bash expands it with FLOWER_BASIC_AUTH empty, Then it stops before running anything
+    run = subprocess.run(
+        ["bash", "-c", "echo " + line], env={"FLOWER_BASIC_AUTH": ""}, capture_output=True, text=True, check=False
+    )
+    assert run.returncode != 0 and "set FLOWER_BASIC_AUTH to user:password" in run.stderr
+    run = subprocess.run(
+        ["bash", "-c", "echo " + line], env={"FLOWER_BASIC_AUTH": "a:b"}, capture_output=True, text=True, check=False
+    )
+    assert run.returncode == 0 and "--basic-auth=a:b" in run.stdout
 
 
 # -- the commands, run here as compose would run them --------------------------------
