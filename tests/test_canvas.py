@@ -8,10 +8,15 @@ larger than one.
 
 from __future__ import annotations
 
+import base64
 import importlib
+import json
 
 import pytest
 from celery import chain, chord, group
+from celery.exceptions import ChordError
+
+from celery_batching import MalformedMessage
 
 from tests.fidelity import batch_sizes, seen
 from tests.servers import wait_until
@@ -120,3 +125,43 @@ def test_link_error_calls_both_errback_styles(canvas, start_worker, redis_server
                    "the old-style errback")
         new_style = [e for e in seen(client, "errback_new") if e["id"] == result.id]
         assert new_style == [{"what": "errback_new", "id": result.id, "exc": "ValueError", "has_traceback": True}]
+
+
+def _altered(client, queue, change):
+    """Take the one message off ``queue``, apply ``change`` to its decoded body, push it back."""
+    message = json.loads(client.rpop(queue))
+    body = json.loads(base64.b64decode(message["body"]))
+    change(body)
+    message["body"] = base64.b64encode(json.dumps(body).encode()).decode()
+    client.lpush(queue, json.dumps(message))
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("callbacks", "not a list"), ("errbacks", [1, 2]), ("chain", {"task": "x"}), ("chord", ["x"])],
+)
+def test_a_broken_canvas_field_fails_its_task_alone(canvas, start_worker, redis_server, field, value):
+    # Given a message whose embedded canvas field was mangled, queued beside a sound one
+    client = redis_server.client(0)
+    broken = canvas.b_add_one.apply_async((1,), link=canvas.o_add_one.s())
+    _altered(client, "b_add_one", lambda body: body[2].update({field: value}))
+    sound = canvas.b_add_one.apply_async((2,), link=canvas.o_add_one.s())
+    start_worker("tests.apps.canvas")
+    # Then the broken one fails with a MalformedMessage naming the field and what it got, and the other runs
+    with pytest.raises(MalformedMessage, match=rf"message's {field} must be .* got a {type(value).__name__}"):
+        broken.get(timeout=30)
+    assert sound.get(timeout=30) == 3
+
+
+def test_a_chord_whose_counter_is_gone_fails_its_body(canvas, start_worker, redis_server):
+    # Given a chord of batched tasks whose counter was deleted from the result backend
+    # (an ordinary header's chord then never runs its body: Celery's Redis backend skips it silently)
+    batched = chord(canvas.b_add_one.s(i) for i in range(4))(canvas.o_total.s())
+    redis_server.client(1).delete(canvas.app.backend.get_key_for_group(batched.parent.id, ".s"))
+    start_worker("tests.apps.canvas")
+    # Then its body fails with a ChordError that says why, instead of never running, and the header succeeded
+    with pytest.raises(ChordError, match="counter is gone"):
+        batched.get(timeout=30)
+    assert batched.parent.get(timeout=30) == [1, 2, 3, 4]
+    # And the worker serves on
+    assert canvas.b_add_one.delay(1).get(timeout=30) == 2

@@ -37,7 +37,8 @@ from celery._state import _task_stack  # the stack Celery's tracer pushes a runn
 from celery.app.task import Context
 from celery.app.trace import task_has_custom
 from celery.canvas import maybe_signature
-from celery.exceptions import Retry
+from celery.backends.redis import RedisBackend
+from celery.exceptions import ChordError, Retry
 from celery.utils.time import get_exponential_backoff_interval
 from kombu.message import Message
 from billiard.einfo import ExceptionInfo
@@ -226,6 +227,8 @@ class TaskTracer:
         args: list[Any] = [message.sample]
         task.request_stack.push(request)
         try:
+            if request.chord and not self._chord_can_complete(request):
+                request.chord = None  # its body was failed instead: there is nothing left to count
             if result.state == states.SUCCESS:
                 self._backend_step("chord", task.backend.mark_as_done, message.task_id, result.value,
                                    request=request, store_result=False)
@@ -255,6 +258,27 @@ class TaskTracer:
                               task=task, args=args, kwargs={}, retval=result.value, state=result.state)
         finally:
             task.request_stack.pop()
+
+    def _chord_can_complete(self, request: Context) -> bool:
+        """Whether the chord's counter is still in Redis; if not, fail its body with a ChordError.
+
+        Celery's Redis backend silently never runs a body whose chord size key
+        expired or was deleted; its callers would wait forever.
+        """
+        backend = self.task.backend
+        if not isinstance(backend, RedisBackend) or backend.client.exists(
+            backend.get_key_for_group(request.group, ".s")
+        ):
+            return True
+        callback = maybe_signature(request.chord, app=self.app)
+        try:  # raised, so that Celery's chord_error_from_stack finds it on the stack, as it expects
+            raise ChordError(
+                f"chord {request.group}: its counter is gone from the result backend (expired or deleted), "
+                f"so its body {callback.task} can never run"
+            )
+        except ChordError as exc:
+            self._guarded("chord error", backend.chord_error_from_stack, callback, exc)
+        return False
 
     def _fail(self, message: TaskMessage, trace: Traced, result: TaskResult, args: list[Any]) -> None:
         """Celery's failure steps: chord, failed chain, errbacks, ``on_failure``, ``task_failure``."""
