@@ -42,6 +42,7 @@ from ..engine.batcher import Batcher, BatchReport, Outcome, PredictFn, Request
 from ..engine.hooks import BatchHooks, call_hooks
 from ..engine.policy import FlushPolicy
 from ..protocol import MessageDecoder, TaskMessage
+from .arrays import plain_outputs
 from .claim import RedisQueue
 from .events import TaskEvents
 from .held import HeldTasks
@@ -127,9 +128,10 @@ class BatchedQueueConsumer:
         task = spec.task if spec.task is not None else app.tasks[spec.task_name]
         soft, hard = time_limits(task, app)
         self._limits = PredictLimits(spec.task_name, soft, hard, self._hard_time_limit) if soft or hard else None
+        predict = plain_outputs(spec.predict)
         self.batcher = Batcher(
             spec.task_name,
-            spec.predict if self._limits is None else functools.partial(self._limits.call, spec.predict),
+            predict if self._limits is None else functools.partial(self._limits.call, predict),
             spec.policy,
             self._batch_done,
             self.hooks,

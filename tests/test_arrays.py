@@ -1,0 +1,78 @@
+"""Array and tensor outputs of predict become one plain value per sample, as ``.tolist()`` gives."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from celery_batching.engine.batcher import predict_isolated
+from celery_batching.errors import BatchSizeMismatch
+from celery_batching.worker.arrays import as_rows
+
+SHAPES = [(4,), (4, 3), (4, 2, 3)]
+NUMPY_TYPES = [np.float16, np.float32, np.float64, np.int32, np.int64, np.bool_]
+TORCH_TYPES = [torch.float16, torch.bfloat16, torch.float32, torch.float64, torch.int32, torch.int64, torch.bool]
+
+
+def _numpy(shape, dtype):
+    return (np.arange(np.prod(shape)).reshape(shape) * 0.37).astype(dtype)
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("dtype", NUMPY_TYPES, ids=lambda t: t.__name__)
+def test_numpy_batches_split_along_the_first_axis(shape, dtype):
+    batch = _numpy(shape, dtype)
+    rows = as_rows(batch)
+    assert rows == [row.tolist() for row in batch]
+    assert json.loads(json.dumps(rows)) == rows
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("dtype", TORCH_TYPES, ids=str)
+def test_torch_batches_split_along_the_first_axis(shape, dtype):
+    batch = torch.from_numpy(_numpy(shape, np.float64)).to(dtype)
+    assert as_rows(batch) == [row.tolist() for row in batch]
+
+
+def test_a_tensor_that_requires_grad_and_lists_of_rows():
+    weights = torch.ones(3, 2, requires_grad=True)
+    assert as_rows(weights * 2) == [[2.0, 2.0]] * 3
+    assert as_rows([np.float32(0.5), torch.tensor([1, 2]), "text"]) == [0.5, [1, 2], "text"]
+    assert as_rows(("already", "plain")) == ("already", "plain")
+
+
+def test_float32_comes_back_exactly():
+    value = np.float32(0.1)
+    (stored,) = json.loads(json.dumps(as_rows(np.array([value], dtype=np.float32))))
+    assert np.float32(stored) == value and stored == 0.10000000149011612
+
+
+def test_a_scalar_or_a_short_array_is_a_size_mismatch():
+    for output in (np.float32(1.0), np.array(3.0), torch.tensor(2.0), np.zeros((2, 5))):
+        ((value, error),) = set(predict_isolated("t", lambda batch, o=output: as_rows(o), [1, 2, 3]))
+        assert isinstance(error, BatchSizeMismatch)
+
+
+@pytest.fixture
+def arrays(app_module_env):
+    import importlib
+
+    return importlib.import_module("tests.apps.arrays")
+
+
+def test_a_worker_stores_array_rows_as_an_ordinary_task_stores_tolist(arrays, start_worker):
+    from celery_batching import gather, submit_many
+
+    samples = [0.5, 1.0, 2.5, 7.0]
+    batched_numpy = submit_many(arrays.b_numpy, samples)
+    batched_torch = submit_many(arrays.b_torch, samples)
+    rows = submit_many(arrays.b_rows, [0, 2, 3])
+    ordinary_numpy = [arrays.o_numpy.delay(x) for x in samples]
+    ordinary_torch = [arrays.o_torch.delay(x) for x in samples]
+    start_worker("tests.apps.arrays")
+    assert gather(batched_numpy, timeout=30) == [r.get(timeout=30) for r in ordinary_numpy]
+    assert gather(batched_torch, timeout=30) == [r.get(timeout=30) for r in ordinary_torch]
+    assert gather(rows, timeout=30) == [[], [0, 1], [0, 1, 2]]
