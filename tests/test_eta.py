@@ -23,6 +23,7 @@ from celery.exceptions import TaskRevokedError
 from celery_batching import MalformedMessage, gather
 from celery_batching.protocol import Claimed, MessageDecoder
 from celery_batching.worker.claim import RedisQueue
+from tests.fault_tools import load_app
 from tests.servers import wait_until
 
 APP = "tests.apps.timed"
@@ -210,3 +211,19 @@ def test_the_scheduled_messages_of_a_queue_can_be_listed(timed, start_worker, br
     assert [json.loads(item.payload)["headers"]["id"] for item in listed] == [r.id for r in reversed(results)]
     assert [item.eta for item in listed] == [(base + timedelta(seconds=10 * k)).timestamp() for k in (1, 2, 3)]
     assert all(not r.ready() for r in results)
+
+
+def test_a_global_key_prefix_holds_for_claims_and_parked_messages(start_worker, redis_url, broker, monkeypatch):
+    # Given a client and a worker whose kombu transport prefixes every key
+    monkeypatch.setenv("CB_KEYPREFIX", "tenant:")
+    prefixed = load_app(APP, redis_url)
+    start_worker(APP, env={"CB_KEYPREFIX": "tenant:"})
+    # When a task is sent at once, and another with a countdown
+    assert prefixed.stamp.delay(1).get(timeout=10)["sample"] == 1
+    later = prefixed.stamp.apply_async((2,), countdown=3)
+    # Then the waiting one is parked under the prefix, and both run, with nothing left behind
+    wait_until(lambda: broker.zcard("tenant:" + SCHEDULED) == 1, 20, "the ETA message to be parked")
+    assert later.get(timeout=30)["sample"] == 2
+    wait_until(lambda: broker.hlen("tenant:unacked") == 0, 10, "every message acknowledged")
+    assert broker.zcard("tenant:unacked_index") == 0
+    assert not [key for key in broker.keys("*") if key.startswith(b"tenant:tenant:")], "no key prefixed twice"

@@ -5,7 +5,8 @@ Each execution is also recorded in the broker's Redis list ``timed-runs``
 Task names are explicit; queues are the task names.
 
 Environment (read by the worker): ``CB_TEST_BROKER`` (required),
-``CB_VISIBILITY_TIMEOUT`` (seconds, default 3600), and, to make a mechanism
+``CB_VISIBILITY_TIMEOUT`` (seconds, default 3600), ``CB_KEYPREFIX`` (kombu's
+``global_keyprefix``, default none), and, to make a mechanism
 visible in a test, ``CB_WAIT_SLICE`` and ``CB_RESTORE_EVERY`` (seconds),
 which replace the batched consumer's idle wait slice and restore interval.
 """
@@ -33,7 +34,10 @@ if "CB_RESTORE_EVERY" in os.environ:
 
 app = Celery("timed", broker=BROKER, backend=RESULTS)
 app.conf.update(
-    broker_transport_options={"visibility_timeout": float(os.environ.get("CB_VISIBILITY_TIMEOUT", "3600"))},
+    broker_transport_options={
+        "visibility_timeout": float(os.environ.get("CB_VISIBILITY_TIMEOUT", "3600")),
+        **({"global_keyprefix": os.environ["CB_KEYPREFIX"]} if os.environ.get("CB_KEYPREFIX") else {}),
+    },
     broker_connection_retry_on_startup=True,
 )
 
