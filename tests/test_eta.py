@@ -23,7 +23,7 @@ from celery.exceptions import TaskRevokedError
 from celery_batching import MalformedMessage, gather
 from celery_batching.protocol import Claimed, MessageDecoder
 from celery_batching.worker.claim import RedisQueue
-from tests.fault_tools import load_app
+from tests.fault_tools import Broker, Conservation, load_app
 from tests.servers import wait_until
 
 APP = "tests.apps.timed"
@@ -142,23 +142,39 @@ def test_other_messages_keep_being_batched_while_eta_messages_wait(timed, start_
 # -- faults -------------------------------------------------------------------------------------
 
 
-def test_kill_9_of_a_worker_holding_eta_messages_loses_none(timed, start_worker, broker):
+def test_kill_9_of_a_worker_holding_eta_messages_loses_none(timed, start_worker, broker, redis_server):
     # Given a worker that has taken 10 tasks due a few seconds from now
+    total = 10
     first = start_worker(APP)
     eta = datetime.now(timezone.utc) + timedelta(seconds=4)
-    results = [timed.stamp.apply_async((i,), eta=eta) for i in range(10)]
-    wait_until(lambda: broker.zcard(SCHEDULED) == 10, 20, "the ETA messages to be parked")
-    assert broker.llen(STAMP) == 0 and broker.hlen("unacked") == 0
-    # When it is killed
-    first.signal(signal.SIGKILL)
-    first.wait()
-    # Then its ETA messages are all still in Redis, and another worker runs each once, at its time
-    assert broker.zcard(SCHEDULED) == 10
-    start_worker(APP)
-    outputs = gather(results, timeout=60)
+    results = [timed.stamp.apply_async((i,), eta=eta) for i in range(total)]
+    with Conservation(ScheduledBroker(broker, STAMP), redis_server.client(1), total) as conservation:
+        wait_until(lambda: broker.zcard(SCHEDULED) == total, 20, "the ETA messages to be parked")
+        assert broker.llen(STAMP) == 0 and broker.hlen("unacked") == 0
+        # When it is killed
+        first.signal(signal.SIGKILL)
+        first.wait()
+        # Then its ETA messages are all still in Redis, and another worker runs each once, at its time
+        assert broker.zcard(SCHEDULED) == total
+        start_worker(APP)
+        outputs = gather(results, timeout=60)
     assert all(o["ran_at"] >= eta.timestamp() for o in outputs)
-    assert runs(broker, "stamp") == Counter(range(10))
+    assert runs(broker, "stamp") == Counter(range(total))
     assert broker.zcard(SCHEDULED) == 0 and broker.hlen("unacked") == 0
+    # And no message was ever out of sight: queued, claimed, parked, or with its result stored
+    assert conservation.snapshots > 10 and conservation.dips == []
+
+
+class ScheduledBroker(Broker):
+    """Counts a queue's parked messages with its claimed ones, in the same atomic snapshot."""
+
+    def snapshot(self) -> tuple[int, int]:
+        with self.client.pipeline(transaction=True) as pipe:
+            pipe.llen(self.queue)
+            pipe.hlen("unacked")
+            pipe.zcard(self.queue + "\x06\x16scheduled")
+            queued, unacked, scheduled = pipe.execute()
+        return queued, unacked + scheduled
 
 
 def test_an_eta_beyond_the_visibility_timeout_does_not_run_twice(timed, start_worker, broker):
