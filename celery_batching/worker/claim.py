@@ -97,11 +97,14 @@ class RedisQueue:
         The set belongs to the queue, not to one worker: every worker of the
         queue sees the same list, and whichever has room when one falls due runs it.
         """
-        with self.client.pipeline(transaction=True) as pipe:
-            pipe.zrange(self.scheduled_key, 0, limit - 1, withscores=True)
-            pipe.hgetall(self.scheduled_messages_key)
-            index, payloads = pipe.execute()
-        return [Scheduled(tag.decode(), eta, payloads[tag]) for tag, eta in index if tag in payloads]
+        index = self.client.zrange(self.scheduled_key, 0, limit - 1, withscores=True)
+        if not index:
+            return []
+        payloads = self.client.hmget(self.scheduled_messages_key, [tag for tag, _ in index])
+        # A message claimed back between the two reads is simply no longer listed.
+        return [
+            Scheduled(tag.decode(), eta, payload) for (tag, eta), payload in zip(index, payloads) if payload is not None
+        ]
 
     def ack(self, tags: list[str], pipe: redis.client.Pipeline | None = None) -> None:
         """Forget ``tags`` for good: their results are stored."""
