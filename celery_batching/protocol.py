@@ -123,6 +123,8 @@ class TaskMessage:
     sample: Any = None
     error: BaseException | None = None
     expires: datetime | None = None
+    #: Not to run before this (Celery's ``eta``/``countdown``), if the sender said.
+    eta: datetime | None = None
     ignore_result: bool = False
     redelivered: bool = False
     group_id: str | None = None
@@ -200,7 +202,8 @@ class MessageDecoder:
             "expires": headers.get("expires"),
         }
         try:
-            message.expires = _parse_expires(headers.get("expires"))
+            message.expires = _parse_date("expires", headers.get("expires"))
+            message.eta = _parse_date("eta", headers.get("eta"))
             message.sample, message.embed = self._sample(headers, outer, properties)
         except BatchingError as exc:
             message.error = exc
@@ -286,13 +289,14 @@ def _seconds(value: Any) -> float | None:
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
-def _parse_expires(value: Any) -> datetime | None:
+def _parse_date(header: str, value: Any) -> datetime | None:
+    """A date header (``expires``, ``eta``) as an aware datetime; naive ones are UTC, as Celery sends them."""
     if not value:
         return None
     try:
-        expires = maybe_iso8601(value)
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"the expires header {value!r} is not an ISO 8601 date") from exc
-    if expires.tzinfo is None:
-        expires = expires.replace(tzinfo=timezone.utc)
-    return expires
+        when = maybe_iso8601(value)
+    except (TypeError, ValueError, AttributeError) as exc:
+        raise ValueError(f"the {header} header {value!r} is not an ISO 8601 date") from exc
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)
+    return when

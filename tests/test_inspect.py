@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+from datetime import datetime, timedelta
 
 import pytest
 from celery import states
@@ -73,3 +74,22 @@ def test_revoke_terminate_of_a_running_batched_task(canvas, start_worker, redis_
     (record,) = [r for r in seen(client, "task_revoked") if r["id"] == doomed.id]
     assert record["expired"] is False
     assert "task_success" not in [r["what"] for r in seen(client, "all") if r.get("id") == doomed.id]
+
+
+def test_scheduled_lists_batched_tasks_waiting_for_their_eta(canvas, start_worker):
+    # Given a worker, and a batched and an ordinary task sent with a countdown
+    worker = start_worker("tests.apps.canvas")
+    batched = canvas.b_add_one.apply_async((1,), countdown=60)
+    ordinary = canvas.o_add_one.apply_async((1,), countdown=60)
+
+    # Then inspect scheduled lists both, in Celery's shape, with the ETA the caller asked for
+    def listed():
+        return {e["request"]["id"]: e for e in (inspect(canvas, worker).scheduled() or {}).get(worker.name, [])}
+
+    wait_until(lambda: {batched.id, ordinary.id} <= set(listed()), 20, "both tasks in inspect scheduled")
+    entries = listed()
+    mine, theirs = entries[batched.id], entries[ordinary.id]
+    assert set(mine) == set(theirs) and set(mine["request"]) == set(theirs["request"])
+    assert mine["request"]["name"] == "b_add_one" and mine["request"]["args"] == [1]
+    assert abs(datetime.fromisoformat(mine["eta"]) - datetime.fromisoformat(theirs["eta"])) < timedelta(seconds=5)
+    canvas.app.control.revoke([batched.id, ordinary.id])

@@ -1,4 +1,4 @@
-"""The worker's side of a kombu Redis queue: claim many, acknowledge, give back.
+"""The worker's side of a kombu Redis queue: claim many, acknowledge, give back, schedule.
 
 Kombu's Redis transport pops one message per round trip, and records it as
 unacknowledged in a second step (a message popped by a worker killed in
@@ -6,11 +6,19 @@ between is gone). Here a Lua script pops up to a whole batch and records every
 message in kombu's own ``unacked`` hash and index in the same atomic step, so
 kombu's visibility-timeout restore (run by every Celery worker, and by us)
 brings back anything a dead worker had claimed.
+
+A message with a future ETA is parked in the queue's scheduled set (a zset of
+delivery tags scored by ETA, beside a hash of their payloads), moved there out
+of the unacked bookkeeping in one atomic step; the claim script takes it back
+once due. It is never out of Redis's sight, and never held past the visibility
+timeout (which would make kombu restore it and run it twice).
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
@@ -21,42 +29,82 @@ from ..protocol import Claimed
 # kombu's defaults for its Redis transport; overridable by broker_transport_options.
 DEFAULT_PRIORITY_STEPS = (0, 3, 6, 9)
 PRIORITY_SEPARATOR = "\x06\x16"
+# Suffixes (after the priority separator) of a queue's scheduled index and messages.
+SCHEDULED_SUFFIX = "scheduled"
+SCHEDULED_MESSAGES_SUFFIX = "scheduled_messages"
 
 
 def _lua(name: str) -> str:
     return resources.files(__package__).joinpath("lua", name).read_text()
 
 
+@dataclass(frozen=True)
+class Claim:
+    """What one claim took, and when the next scheduled message falls due (epoch seconds)."""
+
+    messages: list[Claimed]
+    next_eta: float | None
+
+
+@dataclass(frozen=True)
+class Scheduled:
+    """A parked message: its delivery tag, ETA (epoch seconds) and raw payload."""
+
+    tag: str
+    eta: float
+    payload: bytes
+
+
 class RedisQueue:
-    """Claim / acknowledge / give back for one kombu Redis queue."""
+    """Claim / acknowledge / give back / schedule for one kombu Redis queue."""
 
     def __init__(self, client: redis.Redis, queue: str, transport_options: dict[str, Any] | None = None) -> None:
         options = transport_options or {}
         prefix = options.get("global_keyprefix", "")
         steps = sorted(options.get("priority_steps", DEFAULT_PRIORITY_STEPS))
         sep = options.get("sep", PRIORITY_SEPARATOR)
-        self.client = client
+        # A plain client on the same connections: kombu's prefixing client (global_keyprefix)
+        # would prefix some of the keys below a second time.
+        self.client = redis.Redis(connection_pool=client.connection_pool)
         self.queue = queue
         self.list_keys = [prefix + queue] + [f"{prefix}{queue}{sep}{step}" for step in steps if step]
         self.unacked_key = prefix + options.get("unacked_key", "unacked")
         self.unacked_index_key = prefix + options.get("unacked_index_key", "unacked_index")
-        self._claim = client.register_script(_lua("claim.lua"))
-        self._give_back = client.register_script(_lua("give_back.lua"))
+        self.scheduled_key = f"{prefix}{queue}{sep}{SCHEDULED_SUFFIX}"
+        self.scheduled_messages_key = f"{prefix}{queue}{sep}{SCHEDULED_MESSAGES_SUFFIX}"
+        self._bookkeeping = [self.unacked_key, self.unacked_index_key, self.scheduled_key, self.scheduled_messages_key]
+        self._claim = self.client.register_script(_lua("claim.lua"))
+        self._give_back = self.client.register_script(_lua("give_back.lua"))
+        self._schedule = self.client.register_script(_lua("schedule.lua"))
 
-    def claim(self, count: int) -> list[Claimed]:
-        """Take up to ``count`` messages, highest priority first, never blocking."""
-        if count <= 0:
-            return []
-        flat = self._claim(keys=[self.unacked_key, self.unacked_index_key, *self.list_keys], args=[count, time.time()])
-        return [Claimed(tag.decode(), payload) for tag, payload in zip(flat[::2], flat[1::2])]
+    def claim(self, count: int, now: float | None = None) -> Claim:
+        """Take up to ``count`` messages, due scheduled ones first, then highest priority first; never blocks."""
+        now = time.time() if now is None else now
+        flat = self._claim(keys=[*self._bookkeeping, *self.list_keys], args=[max(count, 0), repr(now)])
+        messages = [Claimed(tag.decode(), payload) for tag, payload in zip(flat[1::2], flat[2::2])]
+        return Claim(messages, _score(flat[0]))
 
-    def wait(self, timeout: float) -> bool:
-        """Block until the queue has a message (or ``timeout`` passes); take nothing.
+    def schedule(self, parked: Sequence[tuple[Claimed, float]]) -> float | None:
+        """Park claimed messages until their ETA (epoch seconds); returns the earliest ETA scheduled."""
+        args: list[Any] = []
+        for item, eta in parked:
+            args += [item.tag, repr(eta), item.payload]
+        return _score(self._schedule(keys=self._bookkeeping, args=args))
 
-        ``BLMOVE q q RIGHT RIGHT`` moves the last element onto itself: Redis's
-        own blocking wait, with the message left where it was.
+    def scheduled(self, limit: int = 1000) -> list[Scheduled]:
+        """The parked messages, earliest first (for remote control: cheap, read-only).
+
+        The set belongs to the queue, not to one worker: every worker of the
+        queue sees the same list, and whichever has room when one falls due runs it.
         """
-        return self.client.blmove(self.list_keys[0], self.list_keys[0], timeout, "RIGHT", "RIGHT") is not None
+        index = self.client.zrange(self.scheduled_key, 0, limit - 1, withscores=True)
+        if not index:
+            return []
+        payloads = self.client.hmget(self.scheduled_messages_key, [tag for tag, _ in index])
+        # A message claimed back between the two reads is simply no longer listed.
+        return [
+            Scheduled(tag.decode(), eta, payload) for (tag, eta), payload in zip(index, payloads) if payload is not None
+        ]
 
     def ack(self, tags: list[str], pipe: redis.client.Pipeline | None = None) -> None:
         """Forget ``tags`` for good: their results are stored."""
@@ -76,3 +124,8 @@ class RedisQueue:
         for item in claimed:
             args += [item.tag, item.payload]
         return int(self._give_back(keys=[self.unacked_key, self.unacked_index_key, self.list_keys[0]], args=args))
+
+
+def _score(value: bytes | str | None) -> float | None:
+    """A zset score as the scripts return it ('' for none)."""
+    return float(value) if value else None

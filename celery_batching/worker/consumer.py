@@ -4,7 +4,10 @@ Three threads per queue, so the model never waits for Redis:
 
 * the *fetcher* claims as many messages as the batcher has room for (at most
   one batch beyond the running one: no hoarding), decodes them, and feeds
-  the batcher; when the queue is empty it blocks in Redis, not in a poll loop;
+  the batcher; a message whose ETA is still to come is parked in Redis until
+  then (:mod:`~celery_batching.worker.claim`); when the queue is empty it
+  waits for a watcher (:mod:`~celery_batching.worker.watch`) or the next ETA,
+  never in a poll loop;
 * the batcher's *predictor* runs ``predict`` once per batch;
 * the *writer* stores each task's result (one pipeline per batch), then
   acknowledges the messages, then sends the task events.
@@ -41,7 +44,7 @@ from kombu.serialization import prepare_accept_content
 from ..engine.batcher import Batcher, BatchReport, Outcome, PredictFn, Request
 from ..engine.hooks import BatchHooks, call_hooks
 from ..engine.policy import FlushPolicy
-from ..protocol import MessageDecoder, TaskMessage
+from ..protocol import Claimed, MessageDecoder, TaskMessage
 from .arrays import plain_outputs
 from .claim import RedisQueue
 from .events import TaskEvents
@@ -49,11 +52,12 @@ from .held import HeldTasks
 from .limits import PredictLimits, time_limits
 from .outcomes import Settled, TaskTracer, Traced, new_trace
 from .results import ResultWriter, TaskResult
+from .watch import ArrivalWatch, own_connections
 
 logger = logging.getLogger(__name__)
 
-# Longest a blocking wait on an empty queue lasts before the fetcher looks around
-# (shutdown, expired claims of dead workers).
+# Longest the fetcher waits on an empty queue before it looks around
+# (expired claims of dead workers, ETAs other workers scheduled).
 WAIT_SLICE_SECONDS = 1.0
 # How often the fetcher brings back messages whose claimer died (visibility timeout).
 RESTORE_EVERY_SECONDS = 10.0
@@ -120,6 +124,8 @@ class BatchedQueueConsumer:
         self._kombu_channel = channel
         self._visibility_timeout = float(channel.visibility_timeout)
         self.queue = RedisQueue(channel.client, spec.queue, app.conf.broker_transport_options)
+        self.watch = ArrivalWatch(own_connections(channel.pool), self.queue.list_keys, spec.queue)
+        self._next_eta: float | None = None
         self.decoder = MessageDecoder(
             spec.task_name, spec.queue, prepare_accept_content(app.conf.accept_content), spec.max_sample_bytes
         )
@@ -158,11 +164,13 @@ class BatchedQueueConsumer:
         self._declare_queue()
         self._writer_thread.start()
         self.batcher.start()
+        self.watch.start()
         self._fetcher.start()
 
     def request_stop(self) -> None:
         """Stop claiming; :meth:`stop` does the rest (lets a worker stop many queues at once)."""
         self._stopping.set()
+        self.watch.interrupt()
 
     def stop(self) -> None:
         """Warm shutdown: finish the running batch, store it, give the rest back.
@@ -173,6 +181,7 @@ class BatchedQueueConsumer:
         self.request_stop()
         self._give_back(self.batcher.stop(timeout=0))  # no batch starts from now on
         self._fetcher.join()
+        self.watch.stop()
         # What the fetcher handed over meanwhile; a predictor stuck past its time limit is not waited for.
         self._give_back(self.batcher.stop(timeout=0 if self._hung else None))
         self._writes.put(None)
@@ -209,13 +218,41 @@ class BatchedQueueConsumer:
         room = self.batcher.wait_for_room(WAIT_SLICE_SECONDS)
         if room == 0 or self._stopping.is_set():
             return
-        claimed = self.queue.claim(room)
-        if not claimed:
-            self.queue.wait(WAIT_SLICE_SECONDS)
+        now = time.time()
+        claim = self.queue.claim(room, now)
+        self._next_eta = claim.next_eta
+        if not claim.messages:
+            self.watch.wait(self._idle_timeout())
             return
-        messages = [self.decoder.decode(item) for item in claimed]
-        call_hooks(self.hooks, "after_claim", self.spec.task_name, len(claimed), [m.queue_wait for m in messages])
-        self._dispatch(messages)
+        messages = self._park_future([self.decoder.decode(item) for item in claim.messages], now)
+        if messages:
+            call_hooks(self.hooks, "after_claim", self.spec.task_name, len(messages), [m.queue_wait for m in messages])
+            self._dispatch(messages)
+
+    def _park_future(self, messages: list[TaskMessage], now: float) -> list[TaskMessage]:
+        """Park the messages whose ETA is still to come; returns the others, to run now."""
+        later = [m for m in messages if m.error is None and m.eta is not None and m.eta.timestamp() > now]
+        if not later:
+            return messages
+        self._next_eta = self.queue.schedule([(m.claimed, m.eta.timestamp()) for m in later if m.eta])
+        parked = {id(m) for m in later}
+        return [m for m in messages if id(m) not in parked]
+
+    def _idle_timeout(self) -> float:
+        """How long an idle fetcher may wait: a slice, or until the next scheduled message is due."""
+        if self._next_eta is None:
+            return WAIT_SLICE_SECONDS
+        return min(WAIT_SLICE_SECONDS, self._next_eta - time.time())
+
+    def scheduled(self, limit: int = 1000) -> list[tuple[float, TaskMessage]]:
+        """The queue's parked messages (ETA in epoch seconds, decoded message), earliest first.
+
+        For remote control (Celery's ``inspect scheduled``); the set is the
+        queue's, shared by every worker serving it.
+        """
+        return [
+            (item.eta, self.decoder.decode(Claimed(item.tag, item.payload))) for item in self.queue.scheduled(limit)
+        ]
 
     def _dispatch(self, messages: list[TaskMessage]) -> None:
         """Send runnable messages to the batcher and the others straight to the writer."""

@@ -21,6 +21,7 @@ Importing this module registers the commands; the bootstep imports it.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from datetime import datetime, timezone
 from functools import wraps
 from typing import Any
 
@@ -35,12 +36,17 @@ from .held import ACTIVE, RESERVED, HeldTasks
 STEP_LABEL = "celery-batching"
 
 
-def held_tasks(state: Any) -> Iterator[HeldTasks]:
-    """What every batched consumer of this worker holds."""
+def batched_consumers(state: Any) -> Iterator[Any]:
+    """The batched queue consumers of this worker."""
     for step in state.consumer.controller.blueprint.steps.values():
         if step.label == STEP_LABEL:
-            for consumer in step.consumers:
-                yield consumer.held
+            yield from step.consumers
+
+
+def held_tasks(state: Any) -> Iterator[HeldTasks]:
+    """What every batched consumer of this worker holds."""
+    for consumer in batched_consumers(state):
+        yield consumer.held
 
 
 @inspect_command(name=SERVING_COMMAND)
@@ -81,6 +87,23 @@ def _query_task(original: Callable[..., Any], state: Any, ids: Any, **kwargs: An
     return found
 
 
+def _scheduled(original: Callable[..., Any], state: Any, **kwargs: Any) -> list[Any]:
+    """Celery's scheduled list, with the ETA tasks waiting in each batched queue's scheduled set.
+
+    The set belongs to the queue, so every worker serving it lists the same tasks.
+    """
+    waiting = [
+        {
+            "eta": datetime.fromtimestamp(eta, timezone.utc).isoformat(),
+            "priority": message.properties.get("priority"),
+            "request": consumer.held.info(message),
+        }
+        for consumer in batched_consumers(state)
+        for eta, message in consumer.scheduled()
+    ]
+    return [*original(state, **kwargs), *waiting]
+
+
 def _revoke(
     original: Callable[..., Any], state: Any, task_id: Any, terminate: bool = False, signal: Any = None, **kwargs: Any
 ) -> Any:
@@ -101,4 +124,5 @@ def _revoke(
 _extend("active", _active)
 _extend("reserved", _reserved)
 _extend("query_task", _query_task)
+_extend("scheduled", _scheduled)
 _extend("revoke", _revoke)

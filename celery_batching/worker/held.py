@@ -75,6 +75,10 @@ class HeldTasks:
             found = {t: self._held[t] for t in task_ids if t in self._held}
         return {t: (kind, self._info(message, started)) for t, (kind, message, started) in found.items()}
 
+    def info(self, message: TaskMessage) -> dict[str, Any]:
+        """``Request.info()`` of a task this worker does not hold yet (one waiting for its ETA)."""
+        return self._info(message, None)
+
     def _info(self, message: TaskMessage, started: float | None, safe: bool = False) -> dict[str, Any]:
         """What ``Request.info()`` says of an ordinary task."""
         headers, properties = message.headers, message.properties

@@ -3,44 +3,73 @@
 -- at any instant loses nothing: kombu's visibility-timeout restore brings back
 -- whatever was claimed and never acknowledged.
 --
+-- Scheduled messages (a future ETA, parked by schedule.lua) whose time has come
+-- are claimed first, moved from the scheduled set into the same bookkeeping in
+-- this one step, so a due message is never outside Redis's sight either.
+--
 -- KEYS[1]   unacked hash   (delivery tag -> JSON [payload, exchange, routing key])
 -- KEYS[2]   unacked index  (zset: delivery tag scored by claim time)
--- KEYS[3..] the queue's lists, highest priority first
+-- KEYS[3]   scheduled index (zset: delivery tag scored by ETA)
+-- KEYS[4]   scheduled messages (hash: delivery tag -> payload)
+-- KEYS[5..] the queue's lists, highest priority first
 -- ARGV[1]   how many to claim at most
 -- ARGV[2]   now (seconds since the epoch), the score kombu compares with
--- Returns a flat array: tag1, payload1, tag2, payload2, ...
+-- Returns a flat array: the earliest ETA still scheduled ('' if none),
+-- then tag1, payload1, tag2, payload2, ...
 local wanted = tonumber(ARGV[1])
-local claimed = {}
-for i = 3, #KEYS do
+local claimed = {''}
+
+-- Record one message as claimed, as kombu's own QoS.append would.
+local function track(tag, payload)
+    local ok, message = pcall(cjson.decode, payload)
+    local exchange, routing_key
+    if ok and type(message) == 'table' and type(message['properties']) == 'table' then
+        local props = message['properties']
+        if tag == nil then tag = props['delivery_tag'] end
+        if type(props['delivery_info']) == 'table' then
+            exchange = props['delivery_info']['exchange']
+            routing_key = props['delivery_info']['routing_key']
+        end
+    end
+    if type(tag) ~= 'string' then
+        -- Not a kombu message: give it a tag so it can still be tracked and acked.
+        tag = 'celery-batching:malformed:' .. redis.sha1hex(payload)
+    end
+    if type(exchange) ~= 'string' then exchange = '' end
+    if type(routing_key) ~= 'string' then routing_key = KEYS[5] end
+    -- The payload is embedded verbatim, never re-encoded (cjson would turn [] into {}).
+    local record = '[' .. (ok and payload or cjson.encode(payload)) .. ','
+        .. cjson.encode(exchange) .. ',' .. cjson.encode(routing_key) .. ']'
+    redis.call('HSET', KEYS[1], tag, record)
+    redis.call('ZADD', KEYS[2], ARGV[2], tag)
+    claimed[#claimed + 1] = tag
+    claimed[#claimed + 1] = payload
+end
+
+if wanted > 0 then
+    local due = redis.call('ZRANGE', KEYS[3], '-inf', ARGV[2], 'BYSCORE', 'LIMIT', 0, wanted)
+    for _, tag in ipairs(due) do
+        local payload = redis.call('HGET', KEYS[4], tag)
+        redis.call('ZREM', KEYS[3], tag)
+        redis.call('HDEL', KEYS[4], tag)
+        if payload then
+            track(tag, payload)
+            wanted = wanted - 1
+        end
+    end
+end
+
+for i = 5, #KEYS do
     if wanted <= 0 then break end
     local payloads = redis.call('RPOP', KEYS[i], wanted)
     if payloads then
         for _, payload in ipairs(payloads) do
-            local ok, message = pcall(cjson.decode, payload)
-            local tag, exchange, routing_key
-            if ok and type(message) == 'table' and type(message['properties']) == 'table' then
-                local props = message['properties']
-                tag = props['delivery_tag']
-                if type(props['delivery_info']) == 'table' then
-                    exchange = props['delivery_info']['exchange']
-                    routing_key = props['delivery_info']['routing_key']
-                end
-            end
-            if type(tag) ~= 'string' then
-                -- Not a kombu message: give it a tag so it can still be tracked and acked.
-                tag = 'celery-batching:malformed:' .. redis.sha1hex(payload)
-            end
-            if type(exchange) ~= 'string' then exchange = '' end
-            if type(routing_key) ~= 'string' then routing_key = KEYS[3] end
-            -- The payload is embedded verbatim, never re-encoded (cjson would turn [] into {}).
-            local record = '[' .. (ok and payload or cjson.encode(payload)) .. ','
-                .. cjson.encode(exchange) .. ',' .. cjson.encode(routing_key) .. ']'
-            redis.call('HSET', KEYS[1], tag, record)
-            redis.call('ZADD', KEYS[2], ARGV[2], tag)
-            claimed[#claimed + 1] = tag
-            claimed[#claimed + 1] = payload
+            track(nil, payload)
         end
         wanted = wanted - #payloads
     end
 end
+
+local first = redis.call('ZRANGE', KEYS[3], 0, 0, 'WITHSCORES')
+if first[2] then claimed[1] = first[2] end
 return claimed
