@@ -34,8 +34,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
-from celery.utils.time import maybe_iso8601
 from celery import Task
+from celery.utils.time import maybe_iso8601
 from kombu import compression as kombu_compression
 from kombu.exceptions import ContentDisallowed
 from kombu.serialization import dumps, loads
@@ -295,7 +295,7 @@ def decompress_body(task_name: str, body: bytes, codec: Any, limit: int | None) 
         raise
     except _TruncatedStream as exc:
         raise CompressionError(task_name, codec, str(exc)) from exc
-    except Exception as exc:  # noqa: BLE001 - each codec library raises its own error types
+    except Exception as exc:  # each codec library raises its own error types
         raise CompressionError(task_name, codec, f"{type(exc).__name__}: {exc}") from exc
     if len(output) > limit:
         raise DecompressedSampleTooLarge(task_name, len(body), limit)

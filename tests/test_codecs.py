@@ -106,8 +106,15 @@ def test_task_compression_setting_applies_on_both_paths(redis_url, start_worker)
 def _push_with_header(formats: ModuleType, task_id: str, body_codec: str | None, header: object, sample: object):
     """Push a message for ``echo`` whose body is compressed with ``body_codec`` and whose header says ``header``."""
     payload = json.loads(
-        envelope(formats.echo, task_id, sample, formats.echo.batch_queue, expires=None, ignore_result=False,
-                 compression=body_codec)
+        envelope(
+            formats.echo,
+            task_id,
+            sample,
+            formats.echo.batch_queue,
+            expires=None,
+            ignore_result=False,
+            compression=body_codec,
+        )
     )
     payload["headers"]["compression"] = header
     broker = formats.app.connection_for_write().default_channel.client
@@ -149,8 +156,11 @@ def test_a_decompression_bomb_is_cut_off_at_max_sample_bytes(formats, start_work
     bomb = formats.echo.apply_async(("0" * (20 << 20),), compression="zlib")
     normal = formats.echo.apply_async(("0" * 1000,), compression="zlib")
     # Then the bomb fails, named, without the worker decompressing it in full; the normal one runs
-    with pytest.raises(DecompressedSampleTooLarge, match=r"formats.echo: sample of \d+ compressed bytes "
-                       r"decompresses to more than max_sample_bytes=65536 bytes"):
+    with pytest.raises(
+        DecompressedSampleTooLarge,
+        match=r"formats.echo: sample of \d+ compressed bytes "
+        r"decompresses to more than max_sample_bytes=65536 bytes",
+    ):
         bomb.get(timeout=20)
     assert normal.get(timeout=20)["sample"] == "0" * 1000
 
@@ -187,8 +197,9 @@ def _identity(batch: list) -> list:
 
 def test_the_fast_path_takes_compression_and_serializer_but_only_a_redis_backend(tmp_path):
     redis_app = Celery("fast", broker="redis://127.0.0.1:1/0", backend="redis://127.0.0.1:1/1", set_as_current=False)
-    db_app = Celery("slow", broker="redis://127.0.0.1:1/0", backend=f"db+sqlite:///{tmp_path}/r.db",
-                    set_as_current=False)
+    db_app = Celery(
+        "slow", broker="redis://127.0.0.1:1/0", backend=f"db+sqlite:///{tmp_path}/r.db", set_as_current=False
+    )
     on_redis, on_db = batched(redis_app, name="r")(_identity), batched(db_app, name="d")(_identity)
     options = {"queue": "r", "compression": "zlib", "serializer": "msgpack"}
     assert can_send_fast(on_redis, (1,), None, options)
