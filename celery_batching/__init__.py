@@ -28,7 +28,9 @@ _EXPORTS = {
         for name in (
             "BatchSizeMismatch",
             "BatchingError",
+            "CompressionError",
             "ConfigurationError",
+            "DecompressedSampleTooLarge",
             "InvalidSample",
             "InvalidTaskCall",
             "MalformedMessage",
@@ -50,7 +52,9 @@ if TYPE_CHECKING:
     from .errors import (
         BatchingError,
         BatchSizeMismatch,
+        CompressionError,
         ConfigurationError,
+        DecompressedSampleTooLarge,
         InvalidSample,
         InvalidTaskCall,
         MalformedMessage,

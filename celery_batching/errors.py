@@ -82,3 +82,30 @@ class SampleTooLarge(InvalidSample):
     def __str__(self) -> str:
         task_name, size, limit = self.args
         return f"{task_name}: sample of {size} bytes exceeds max_sample_bytes={limit}"
+
+
+class CompressionError(MalformedMessage):
+    """A message body cannot be decompressed: its ``compression`` header names a codec kombu
+    does not know, or another one than the body was compressed with."""
+
+    def __init__(self, task_name: str, codec: str, reason: str) -> None:
+        super().__init__(task_name, codec, reason)
+
+    def __str__(self) -> str:
+        task_name, codec, reason = self.args
+        return f"{task_name}: cannot decompress the message body with compression {codec!r}: {reason}"
+
+
+class DecompressedSampleTooLarge(SampleTooLarge):
+    """A compressed sample grows past ``max_sample_bytes`` when decompressed (a decompression bomb
+    is cut off there, never decompressed in full)."""
+
+    def __init__(self, task_name: str, compressed_size: int, limit: int) -> None:
+        InvalidSample.__init__(self, task_name, compressed_size, limit)
+
+    def __str__(self) -> str:
+        task_name, compressed_size, limit = self.args
+        return (
+            f"{task_name}: sample of {compressed_size} compressed bytes decompresses to more than "
+            f"max_sample_bytes={limit} bytes"
+        )

@@ -10,28 +10,46 @@ batched task, with exactly one positional argument; anything else becomes a
 :class:`TaskMessage` carrying the error that fails it (or, with no task id to
 report to, is just acknowledged and logged). The content type must be one the
 worker accepts (``accept_content``; JSON by default), so pickle stays refused
-unless the user enables it.
+unless the user enables it. A body may be compressed with any codec of
+:mod:`kombu.compression` (the ``compression`` header).
+
+``max_sample_bytes`` bounds the body as it travels and as it is decoded: a body
+bigger than the limit on the wire is refused before anything else, and a
+compressed one is decompressed only up to the limit (see :func:`decompress_body`),
+so a decompression bomb costs the worker at most the limit in memory.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import bz2
 import json
+import lzma
+import sys
 import time
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
-from celery.utils.time import maybe_iso8601
-from kombu.exceptions import ContentDisallowed
 from celery import Task
+from celery.utils.time import maybe_iso8601
+from kombu import compression as kombu_compression
+from kombu.exceptions import ContentDisallowed
 from kombu.serialization import dumps, loads
 from kombu.utils.json import dumps as json_dumps
 from kombu.utils.uuid import uuid
 
-from .errors import BatchingError, InvalidTaskCall, MalformedMessage, SampleTooLarge
+from .errors import (
+    BatchingError,
+    CompressionError,
+    DecompressedSampleTooLarge,
+    InvalidTaskCall,
+    MalformedMessage,
+    SampleTooLarge,
+)
 
 #: Message header with the send time (seconds since the epoch): the worker's queue-wait metric.
 SENT_AT_HEADER = "batching_sent_at"
@@ -62,10 +80,15 @@ def envelope(
     ignore_result: bool,
     reply_channel: str | None = None,
     on_sent_event: Callable[[dict[str, Any]], None] | None = None,
+    serializer: str | None = None,
+    compression: str | None = None,
 ) -> str:
     """The kombu Redis transport's JSON envelope of one Celery protocol 2 message.
 
-    With ``on_sent_event``, the message's ``task-sent`` event fields are handed to it.
+    ``serializer`` defaults to the task's; ``compression`` (a name or content
+    type from :mod:`kombu.compression`) is applied as kombu's producer does: to
+    the serialized body, named in the ``compression`` header. With
+    ``on_sent_event``, the message's ``task-sent`` event fields are handed to it.
     """
     message = task.app.amqp.as_task_v2(
         task_id,
@@ -83,9 +106,11 @@ def envelope(
     headers[SENT_AT_HEADER] = time.time()
     if reply_channel is not None:
         headers[REPLY_HEADER] = reply_channel
-    content_type, content_encoding, body = dumps(message.body, serializer=task.serializer)
+    content_type, content_encoding, body = dumps(message.body, serializer=serializer or task.serializer)
     if isinstance(body, str):
         body = body.encode(content_encoding or "utf-8")
+    if compression:
+        body, headers["compression"] = kombu_compression.compress(body, compression)
     properties = dict(message.properties)
     properties.update(
         delivery_mode=2,
@@ -234,6 +259,9 @@ class MessageDecoder:
             raw = raw.encode()
         if self.max_sample_bytes is not None and len(raw) > self.max_sample_bytes:
             raise SampleTooLarge(self.task_name, len(raw), self.max_sample_bytes)
+        codec = headers.get("compression")
+        if codec:
+            raw = decompress_body(self.task_name, raw, codec, self.max_sample_bytes)
         content_type = outer.get("content-type")
         try:
             body = loads(raw, content_type, outer.get("content-encoding", "utf-8"), accept=self.accept)
@@ -272,6 +300,99 @@ def _shape(value: Any) -> str:
     """A short description of a bad value for an error message: its type, and its size when it has one."""
     size = f" of {len(value)}" if isinstance(value, (list, tuple, dict, str)) else ""
     return f"a {type(value).__name__}{size}: {repr(value)[:_QUOTE_BYTES]}"
+
+
+def decompress_body(task_name: str, body: bytes, codec: Any, limit: int | None) -> bytes:
+    """``body`` decompressed as its ``compression`` header says, never to more than ``limit`` bytes.
+
+    kombu's registry decides what a codec name means (aliases, optional
+    libraries, codecs the user registered). Its decoders decompress in one go,
+    so a small bomb could fill the worker's memory; under a limit the body goes
+    through the streaming twin of the decoder kombu would call, which stops as
+    soon as the output passes the limit. A codec without such a twin is refused
+    under a limit rather than decompressed blind.
+    """
+    if not isinstance(codec, str):
+        raise CompressionError(task_name, repr(codec), "the compression header is not a string")
+    try:
+        decoder = kombu_compression.get_decoder(codec)
+    except KeyError:
+        raise CompressionError(
+            task_name, codec, f"kombu knows no such codec; registered: {sorted(kombu_compression.encoders())}"
+        ) from None
+    try:
+        if limit is None:
+            return kombu_compression.decompress(body, codec)
+        bounded = _BOUNDED_DECODERS.get(decoder)
+        if bounded is None:
+            raise CompressionError(
+                task_name,
+                codec,
+                "it cannot be decompressed with a size bound; set max_sample_bytes=None on the task to accept it",
+            )
+        output = bounded(body, limit + 1)
+    except BatchingError:
+        raise
+    except _TruncatedStream as exc:
+        raise CompressionError(task_name, codec, str(exc)) from exc
+    except Exception as exc:  # each codec library raises its own error types
+        raise CompressionError(task_name, codec, f"{type(exc).__name__}: {exc}") from exc
+    if len(output) > limit:
+        raise DecompressedSampleTooLarge(task_name, len(body), limit)
+    return output
+
+
+class _TruncatedStream(ValueError):
+    """The compressed stream ended before its end marker."""
+
+
+def _streaming(new_decompressor: Callable[[], Any]) -> Callable[[bytes, int], bytes]:
+    """A bounded decoder over a ``decompress(data, max_length)`` / ``eof`` decompressor (zlib, bz2, lzma, zstd)."""
+
+    def decode(body: bytes, max_length: int) -> bytes:
+        decompressor = new_decompressor()
+        output = decompressor.decompress(body, max_length)
+        if len(output) < max_length and not decompressor.eof:
+            raise _TruncatedStream("the compressed data is truncated")
+        return output
+
+    return decode
+
+
+def _bounded_decoders() -> dict[Callable[..., Any], Callable[[bytes, int], bytes]]:
+    """kombu's one-shot decoder functions mapped to a bounded decoder of the same format."""
+    decoders: dict[Callable[..., Any], Callable[[bytes, int], bytes]] = {
+        # kombu's 'gzip' and 'zlib' both mean the zlib format (zlib.compress / zlib.decompress).
+        zlib.decompress: _streaming(zlib.decompressobj),
+        bz2.decompress: _streaming(bz2.BZ2Decompressor),
+        lzma.decompress: _streaming(lzma.LZMADecompressor),
+    }
+    try:
+        if sys.version_info >= (3, 14):
+            from compression import zstd  # type: ignore[import-not-found]
+        else:
+            from backports import zstd  # type: ignore[import-not-found]
+        decoders[zstd.decompress] = _streaming(zstd.ZstdDecompressor)
+    except ImportError:
+        pass
+    try:
+        import brotli  # type: ignore[import-not-found]
+    except ImportError:
+        brotli = None
+    if brotli is not None and hasattr(brotli.Decompressor, "is_finished"):  # brotli >= 1.2 can bound its output
+
+        def brotli_decode(body: bytes, max_length: int) -> bytes:
+            decompressor = brotli.Decompressor()
+            output = decompressor.process(body, output_buffer_limit=max_length)
+            if len(output) < max_length and not decompressor.is_finished():
+                raise _TruncatedStream("the compressed data is truncated")
+            return output
+
+        decoders[brotli.decompress] = brotli_decode
+    return decoders
+
+
+_BOUNDED_DECODERS = _bounded_decoders()
 
 
 def _protocol1_id(outer: dict[str, Any]) -> str | None:

@@ -10,6 +10,11 @@ Flower (through ``CELERY_*``), so one set of variables describes a deployment:
 - ``FILL_MASK_CHECKPOINT``: a local masked-LM directory (e.g. bert-base-uncased);
   unset, the fill-mask endpoint explains how to set it.
 - ``DEMO_*``: request limits and waits, below.
+- ``DEMO_RESULT_BACKEND``: ``redis`` (default: results in Redis, the fast path) or
+  ``django-db`` (django-celery-results: results in the database named by
+  ``DEMO_RESULTS_DB``, a SQLite file, ``results.sqlite3`` by default; run
+  ``python manage.py migrate django_celery_results`` once). Batched tasks then
+  send and wait through Celery's own path.
 - ``INFERENCE_NAIVE``: ``1`` turns on ``/api/naive/embed``, where the web
   process runs the model itself, one text per call: the baseline the
   benchmark's HTTP workload compares with. Off by default.
@@ -75,6 +80,18 @@ SECURE_CONTENT_TYPE_NOSNIFF = True
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
 CELERY_BROKER_URL = REDIS_URL
 CELERY_RESULT_BACKEND = REDIS_URL
+RESULT_BACKEND_CHOICE = os.environ.get("DEMO_RESULT_BACKEND", "redis").strip() or "redis"
+if RESULT_BACKEND_CHOICE == "django-db":
+    INSTALLED_APPS.append("django_celery_results")
+    DATABASES = {
+        "default": {
+            "ENGINE": "django.db.backends.sqlite3",
+            "NAME": os.environ.get("DEMO_RESULTS_DB", "results.sqlite3"),
+        }
+    }
+    CELERY_RESULT_BACKEND = "django-db"
+elif RESULT_BACKEND_CHOICE != "redis":
+    raise ImproperlyConfigured(f"DEMO_RESULT_BACKEND={RESULT_BACKEND_CHOICE!r}: use redis or django-db")
 CELERY_TASK_SERIALIZER = "json"
 CELERY_RESULT_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]

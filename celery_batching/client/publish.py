@@ -3,9 +3,9 @@
 ``apply_async`` runs routing, publish signals and kombu's producer for every
 message, and kombu's Redis transport builds a client per publish; a task
 awaited through it also costs a SUBSCRIBE and an UNSUBSCRIBE. When none of
-that is needed (no options beyond id, expiry and result handling, no priority
-or compression, nobody listening to the publish signals, not inside a
-worker's task), a batched task is sent as the same protocol 2 message with
+that is needed (no options beyond id, expiry, result handling, serializer and
+compression, no priority, a Redis result backend, nobody listening to the
+publish signals, not inside a worker's task), a batched task is sent as the same protocol 2 message with
 one LPUSH, and awaited on the process's reply channel (:mod:`~celery_batching.client.replies`). ``task-sent``
 events, when enabled, go out in bulk (:mod:`~celery_batching.client.sent_events`).
 
@@ -19,10 +19,12 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from celery import Celery, signals
+from celery.backends.redis import RedisBackend
 from celery.result import AsyncResult
 from kombu.utils.uuid import uuid
 
 from ..protocol import envelope
+from .backends import check_result_backend
 from .per_process import PerProcess
 from .replies import BatchedResult, ReplyHub, reply_hub
 from .sent_events import sent_events
@@ -33,11 +35,15 @@ if TYPE_CHECKING:
 #: The app setting that turns the fast path off.
 FAST_CLIENT_SETTING = "batching_fast_client"
 # apply_async options the fast path honours; any other sends through Celery.
-FAST_OPTIONS = frozenset({"task_id", "expires", "ignore_result", "queue"})
+FAST_OPTIONS = frozenset({"task_id", "expires", "ignore_result", "queue", "serializer", "compression"})
 
 
 def can_send_fast(task: BatchedTask, args: Any, kwargs: Any, options: Mapping[str, Any]) -> bool:
-    """Whether this call may skip Celery's publish path without anyone noticing."""
+    """Whether this call may skip Celery's publish path without anyone noticing.
+
+    Only with the Redis result backend: the reply channel and the worker's
+    pipelined result writing are Redis's; other backends wait through Celery.
+    """
     conf = task.app.conf
     return (
         conf.get(FAST_CLIENT_SETTING, True)
@@ -48,8 +54,7 @@ def can_send_fast(task: BatchedTask, args: Any, kwargs: Any, options: Mapping[st
         and not conf.task_always_eager
         and task.priority is None
         and conf.task_default_priority is None
-        and getattr(task, "compression", None) is None
-        and conf.task_compression is None
+        and isinstance(task.app.backend, RedisBackend)
         and not signals.before_task_publish.receivers
         and not signals.after_task_publish.receivers
         and task.app.current_worker_task is None
@@ -64,14 +69,20 @@ def send_many(
     task_ids: Sequence[str] | None = None,
     expires: Any = None,
     ignore_result: bool | None = None,
+    serializer: str | None = None,
+    compression: str | None = None,
 ) -> list[AsyncResult]:
     """Push one message per sample in one round trip; their results in order.
 
-    ``ignore_result=None`` means the task's own setting.
+    ``None`` means the task's own setting, as in ``apply_async`` (for
+    ``compression``: the task's, else ``task_compression``).
     """
     app = task.app
+    if not isinstance(app.backend, RedisBackend):
+        check_result_backend(app, task.name)  # submit_many comes here without can_send_fast
     if ignore_result is None:
         ignore_result = task.ignore_result
+    compression = compression or getattr(task, "compression", None) or app.conf.task_compression
     hub = reply_hub(app) if not ignore_result and app.conf.get(FAST_CLIENT_SETTING, True) else None
     task_ids = list(task_ids) if task_ids is not None else [uuid() for _ in samples]
     results = [_result(task, task_id, hub, ignore_result) for task_id in task_ids]
@@ -89,6 +100,8 @@ def send_many(
             ignore_result=ignore_result,
             reply_channel=hub.channel if hub else None,
             on_sent_event=events.record if events else None,
+            serializer=serializer,
+            compression=compression,
         )
         for task_id, sample in zip(task_ids, samples)
     ]

@@ -20,6 +20,7 @@ from kombu.utils.uuid import uuid
 from ..engine.policy import FlushPolicy
 from ..errors import ConfigurationError
 from ..models.base import ManagedModel
+from .backends import check_result_backend
 from .publish import can_send_fast, send_many
 
 # Largest encoded sample a worker accepts by default; bigger ones fail alone.
@@ -63,6 +64,8 @@ class BatchedTask(Task):
                     task_ids=[options.get("task_id") or uuid()],
                     expires=options.get("expires", self.expires),
                     ignore_result=options.get("ignore_result"),
+                    serializer=options.get("serializer"),
+                    compression=options.get("compression"),
                 )[0]
             except (redis.ConnectionError, redis.TimeoutError):
                 pass  # Celery's path retries as its publish retry policy says
@@ -125,6 +128,7 @@ def batched(
     if model_options is not None and model is None:
         raise ConfigurationError("model_options given without model=")
 
+    check_result_backend(app, "batched()")
     _install_worker_side(app)
 
     def declare(origin: Any, function: BatchFn | None, task_name: str) -> BatchedTask:

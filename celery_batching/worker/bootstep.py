@@ -15,6 +15,7 @@ from typing import Any
 from celery import Celery, bootsteps
 from celery.utils.imports import symbol_by_name
 
+from ..client.backends import check_result_backend
 from ..client.task import QUEUE_OPTIONS_ATTR, BatchedTask
 from ..deploy.devices import resolve_device
 from ..engine.hooks import BatchHooks
@@ -60,6 +61,8 @@ class BatchingStep(bootsteps.StartStopStep):
         return self
 
     def start(self, worker: Any) -> None:
+        # Again here: the backend may have been configured after the tasks were declared.
+        check_result_backend(worker.app, f"worker {worker.hostname}")
         hooks = worker_hooks(worker.app)
         exporter = start_metrics(worker.app)
         if exporter is not None:
