@@ -23,10 +23,11 @@ def canvas(app_module_env):
 
 
 def test_started_then_success_with_extended_fields(canvas, start_worker, redis_server):
-    # Given a worker with task_track_started and result_extended, and a batched task and its twin blocked
-    worker = start_worker("tests.apps.canvas", env=EXTENDED)
+    # Given batched tasks (sent first, so they ride in one batch) and their twin, blocked in a worker
+    # with task_track_started and result_extended
     batched = [canvas.b_gated.delay(i) for i in (5, 6)]
     ordinary = canvas.o_gated.delay(5)
+    worker = start_worker("tests.apps.canvas", env=EXTENDED)
     # Then while they run, both are STARTED, with the pid and hostname Celery stores
     wait_until(lambda: all(r.state == states.STARTED for r in [*batched, ordinary]), 30, "STARTED states")
     started = [r.info for r in [*batched, ordinary]]
