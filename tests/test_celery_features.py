@@ -24,7 +24,7 @@ def feature_rows() -> list[tuple[str, str, str]]:
     rows = []
     for line in TABLE.read_text().splitlines():
         cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
-        if line.startswith("|") and len(cells) == 4 and cells[1] in ("yes", "not yet"):
+        if line.startswith("|") and len(cells) == 4 and (cells[1] in ("yes", "not yet") or cells[1].startswith("no: ")):
             rows.append((cells[0], cells[1], " | ".join(cells[2:])))
     return rows
 
