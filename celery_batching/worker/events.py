@@ -66,15 +66,7 @@ class TaskEvents:
             # The dispatcher stamps every event with its own (this) pid.
             send("task-started", timestamp=started, uuid=result.task_id)
             finished = started + runtime
-            if result.state == states.RETRY:
-                send(
-                    "task-retried",
-                    timestamp=finished,
-                    uuid=result.task_id,
-                    exception=saferepr(result.value),
-                    traceback=format_traceback(result.value),
-                )
-            elif result.state == states.SUCCESS:
+            if result.state == states.SUCCESS:
                 send(
                     "task-succeeded",
                     timestamp=finished,
@@ -84,7 +76,7 @@ class TaskEvents:
                 )
             else:
                 send(
-                    "task-failed",
+                    "task-retried" if result.state == states.RETRY else "task-failed",
                     timestamp=finished,
                     uuid=result.task_id,
                     exception=saferepr(result.value),
