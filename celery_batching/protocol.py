@@ -167,6 +167,16 @@ class TaskMessage:
     content_type: str | None = None
     content_encoding: str | None = None
 
+    def delivery_info(self) -> dict[str, Any]:
+        """Where the message came from, as Celery's worker request records it."""
+        delivery = self.properties.get("delivery_info") or {}
+        return {
+            "exchange": delivery.get("exchange"),
+            "routing_key": delivery.get("routing_key"),
+            "priority": self.properties.get("priority"),
+            "redelivered": self.redelivered,
+        }
+
     def expired(self, now: datetime) -> bool:
         return self.expires is not None and now >= self.expires
 

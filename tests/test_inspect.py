@@ -23,9 +23,10 @@ def inspect(canvas, worker):
 
 def test_active_reserved_query_and_stats_list_batched_tasks(canvas, start_worker, redis_server):
     # Given a worker (threads pool, so it answers while an ordinary task runs) with a batch running
+    # (queued before it starts, so the two ride in one batch)
+    running = [canvas.b_gated.delay(i) for i in (1, 2)]
     worker = start_worker("tests.apps.canvas", "--pool", "threads", "--concurrency", "2")
     client = redis_server.client(0)
-    running = [canvas.b_gated.delay(i) for i in (1, 2)]
     wait_until(lambda: client.llen("b_gated") == 0, 10, "the batch to be claimed")
     wait_until(lambda: {t["id"] for t in (inspect(canvas, worker).active() or {}).get(worker.name, [])}
                >= {r.id for r in running}, 20, "the running batch in inspect active")

@@ -81,8 +81,7 @@ class HeldTasks:
 
     def _info(self, message: TaskMessage, started: float | None, safe: bool = False) -> dict[str, Any]:
         """What ``Request.info()`` says of an ordinary task."""
-        headers, properties = message.headers, message.properties
-        delivery = properties.get("delivery_info") or {}
+        headers = message.headers
         return {
             "id": message.task_id,
             "name": self.task_name,
@@ -92,11 +91,6 @@ class HeldTasks:
             "hostname": self.hostname,
             "time_start": started,
             "acknowledged": False,
-            "delivery_info": {
-                "exchange": delivery.get("exchange"),
-                "routing_key": delivery.get("routing_key"),
-                "priority": properties.get("priority"),
-                "redelivered": message.redelivered,
-            },
+            "delivery_info": message.delivery_info(),
             "worker_pid": os.getpid() if started is not None else None,
         }

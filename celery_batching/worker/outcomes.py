@@ -40,6 +40,7 @@ from celery.canvas import maybe_signature
 from celery.backends.redis import RedisBackend
 from celery.exceptions import ChordError, Retry
 from celery.utils.time import get_exponential_backoff_interval
+from celery.worker.request import Request
 from kombu.message import Message
 from billiard.einfo import ExceptionInfo
 
@@ -82,14 +83,16 @@ class TaskTracer:
         self.track_started = bool(task.track_started)
         self.extended = bool(app.conf.find_value_for_key("extended", "result"))
         self.handlers = {name: getattr(task, name) for name in _HANDLERS if task_has_custom(task, name)}
+        self.autoretry = bool(getattr(task, "autoretry_for", ()))
         self.pid = os.getpid()
 
     # -- deciding ------------------------------------------------------------
 
     def traces(self) -> bool:
-        """Whether samples need their Celery request: someone listens, or a handler is overridden."""
+        """Whether samples need their Celery request: someone listens, a handler is overridden, retries."""
         return bool(
             self.handlers
+            or self.autoretry
             or self.extended
             or self.track_started
             or signals.task_prerun.receivers
@@ -102,28 +105,19 @@ class TaskTracer:
 
     @staticmethod
     def needs_request(message: TaskMessage) -> bool:
-        """Whether this message's outcome involves Celery's canvas or retries."""
-        embed = message.embed
-        return bool(
-            embed.get("callbacks") or embed.get("errbacks") or embed.get("chain") or embed.get("chord")
-        )
+        """Whether this message carries canvas (callbacks, errbacks, a chain, a chord) to act on."""
+        return bool(message.embed)
 
     def request(self, message: TaskMessage) -> Context:
         """The Celery request context of ``message``, as Celery's worker builds it."""
         properties = message.properties
-        delivery = properties.get("delivery_info") or {}
         fields = dict(message.headers)
         fields.update(
             properties=properties,
             reply_to=properties.get("reply_to"),
             correlation_id=properties.get("correlation_id"),
             hostname=self.hostname,
-            delivery_info={
-                "exchange": delivery.get("exchange"),
-                "routing_key": delivery.get("routing_key"),
-                "priority": properties.get("priority"),
-                "redelivered": message.redelivered,
-            },
+            delivery_info=message.delivery_info(),
             is_eager=False,
         )
         fields.update(message.embed)
@@ -135,8 +129,6 @@ class TaskTracer:
         """``task_received`` per message, with a Celery worker request as Celery sends it."""
         if not signals.task_received.receivers:
             return
-        from celery.worker.request import Request
-
         for message in messages:
             if message.task_id is None or message.error is not None:
                 continue
