@@ -166,3 +166,13 @@ def test_dash_x_excludes_a_batched_queue(basic, start_worker):
     worker = start_worker("tests.apps.basic", "-X", "tests.apps.basic.poison")
     assert basic.double.delay(1).get(timeout=10)["value"] == 2
     assert "serving tests.apps.basic.poison" not in worker.log()
+
+
+def test_autoretry_alone_retries_without_handlers_or_signal_receivers(basic, start_worker, redis_server):
+    # Given a batched task with autoretry_for and nothing else listening
+    result = basic.retried.delay("x")
+    start_worker("tests.apps.basic")
+    # Then it is tried 1 + max_retries times before it fails with its own exception
+    with pytest.raises(basic.Transient):
+        result.get(timeout=30)
+    assert redis_server.client(0).lrange("attempts", 0, -1) == [b"x"] * 3

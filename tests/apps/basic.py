@@ -74,3 +74,14 @@ def fire_and_forget(batch: list[str]) -> list[str]:
 def plain_add(x: int, y: int) -> int:
     """An ordinary task, served by the ordinary consumer on the default queue."""
     return x + y
+
+
+class Transient(Exception):
+    """What ``retried`` retries on."""
+
+
+@batched(app, max_batch_size=8, autoretry_for=(Transient,), max_retries=2, default_retry_delay=0)
+def retried(batch: list[str]) -> list[str]:
+    """Fails every attempt with Transient; records each attempt in the Redis list 'attempts'."""
+    redis.Redis.from_url(BROKER).rpush("attempts", *batch)
+    raise Transient(batch[0])
