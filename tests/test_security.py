@@ -181,7 +181,7 @@ def test_round_trip_over_tls(tls_redis):
     worker = Worker(APP, broker, env={"CB_TEST_BACKEND": backend})
     try:
         # When a worker serves tasks sent one by one and many at once (our own claim/ack path and
-        # submit_many's pipeline both run on kombu's channel client, so kombu's SSL options apply)
+        # submit_many's LPUSH both run on kombu's channel client, so kombu's SSL options apply)
         worker.start()
         # Then the round trips work
         assert app.work.delay(21).get(timeout=10) == 42

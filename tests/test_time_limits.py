@@ -8,6 +8,7 @@ import pytest
 from celery import states
 from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
 
+from celery_batching import submit_many
 from tests.fidelity import batch_sizes
 from tests.servers import wait_until
 
@@ -31,9 +32,9 @@ def test_soft_limit_fails_the_batch_and_the_worker_serves_on(canvas, start_worke
 
 
 def test_hard_limit_fails_the_batch_once_and_stops_the_worker(canvas, start_worker, redis_server):
-    # Given a batch stuck in a C call (a hung kernel) past its hard limit
-    stuck = [canvas.b_hard_limited.delay(i) for i in range(2)]
+    # Given a worker, and a batch stuck in a C call (a hung kernel) past its hard limit
     worker = start_worker("tests.apps.canvas")
+    stuck = submit_many(canvas.b_hard_limited, range(2))
     # Then its tasks fail with TimeLimitExceeded, and the worker exits for its supervisor to restart it
     for result in stuck:
         with pytest.raises(TimeLimitExceeded):

@@ -3,7 +3,7 @@
 ``task.delay(sample)`` per sample costs a broker round trip each; a web view
 with a list of 50 texts should not pay 50. :func:`submit_many` builds the
 same Celery messages ``.delay()`` would, and pushes them all with one Redis
-pipeline; the results are ``AsyncResult`` s, awaited on the process's reply
+LPUSH; the results are ``AsyncResult`` s, awaited on the process's reply
 channel (:mod:`~celery_batching.client.replies`).
 """
 

@@ -105,14 +105,8 @@ def send_many(
         )
         for task_id, sample in zip(task_ids, samples)
     ]
-    client = _publishers.get(app).client
-    if len(payloads) == 1:
-        client.lpush(queue, payloads[0])
-    else:
-        with client.pipeline(transaction=False) as pipe:
-            for payload in payloads:
-                pipe.lpush(queue, payload)
-            pipe.execute()
+    # One LPUSH of them all: one command, so a worker claims them in order and all at once.
+    _publishers.get(app).client.lpush(queue, *payloads)
     return results
 
 

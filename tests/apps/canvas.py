@@ -28,7 +28,8 @@ app.conf.update(
     result_extended=os.environ.get("CB_RESULT_EXTENDED") == "1",
     task_track_started=os.environ.get("CB_TRACK_STARTED") == "1",
 )
-_redis = redis.Redis.from_url(BROKER)
+# No socket timeout: the gated tasks block in BLPOP for as long as a test holds them.
+_redis = redis.Redis.from_url(BROKER, socket_timeout=None)
 
 
 def record(what: str, **fields: object) -> None:
