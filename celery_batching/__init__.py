@@ -41,24 +41,42 @@ _EXPORTS = {
 
 __all__ = sorted(_EXPORTS)
 
-if TYPE_CHECKING:
-    from .client.gather import gather, submit_many
-    from .client.task import BatchedTask, batched
-    from .engine.hooks import BatchHooks
-    from .engine.local import LocalStreamer
-    from .engine.policy import FlushPolicy
+if TYPE_CHECKING:  # `X as X`: explicit re-exports, for type checkers
+    from .client.gather import gather as gather
+    from .client.gather import submit_many as submit_many
+    from .client.task import BatchedTask as BatchedTask
+    from .client.task import batched as batched
+    from .engine.hooks import BatchHooks as BatchHooks
+    from .engine.local import LocalStreamer as LocalStreamer
+    from .engine.policy import FlushPolicy as FlushPolicy
     from .errors import (
-        BatchingError,
-        BatchSizeMismatch,
-        ConfigurationError,
-        InvalidSample,
-        InvalidTaskCall,
-        MalformedMessage,
-        ModelLoadError,
-        ResultNotSerializable,
-        SampleTooLarge,
+        BatchingError as BatchingError,
     )
-    from .models.base import ManagedModel
+    from .errors import (
+        BatchSizeMismatch as BatchSizeMismatch,
+    )
+    from .errors import (
+        ConfigurationError as ConfigurationError,
+    )
+    from .errors import (
+        InvalidSample as InvalidSample,
+    )
+    from .errors import (
+        InvalidTaskCall as InvalidTaskCall,
+    )
+    from .errors import (
+        MalformedMessage as MalformedMessage,
+    )
+    from .errors import (
+        ModelLoadError as ModelLoadError,
+    )
+    from .errors import (
+        ResultNotSerializable as ResultNotSerializable,
+    )
+    from .errors import (
+        SampleTooLarge as SampleTooLarge,
+    )
+    from .models.base import ManagedModel as ManagedModel
 
 
 def __getattr__(name: str) -> Any:

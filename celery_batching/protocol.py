@@ -24,9 +24,9 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
+from celery import Task
 from celery.utils.time import maybe_iso8601
 from kombu.exceptions import ContentDisallowed
-from celery import Task
 from kombu.serialization import dumps, loads
 from kombu.utils.json import dumps as json_dumps
 from kombu.utils.uuid import uuid
@@ -157,7 +157,8 @@ class MessageDecoder:
                 raise ValueError(f"a JSON {type(outer).__name__}, not an object")
         except ValueError as exc:
             message.error = MalformedMessage(
-                f"queue {self.queue!r}: message is not a kombu JSON envelope ({exc}): {claimed.payload[:_QUOTE_BYTES]!r}"
+                f"queue {self.queue!r}: message is not a kombu JSON envelope ({exc}): "
+                f"{claimed.payload[:_QUOTE_BYTES]!r}"
             )
             return message
         headers = outer.get("headers")

@@ -24,8 +24,8 @@ from celery.result import AsyncResult
 
 from celery_batching import gather, submit_many
 from celery_batching.client.publish import FAST_CLIENT_SETTING
-from celery_batching.protocol import envelope
 from celery_batching.client.replies import BatchedResult, reply_hub
+from celery_batching.protocol import envelope
 from tests.servers import wait_until
 
 

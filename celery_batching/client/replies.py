@@ -42,7 +42,7 @@ RECONNECT_PAUSE_SECONDS = 0.5
 class ReplySlot:
     """Where the listener leaves one task's result for its waiter."""
 
-    __slots__ = ("meta", "_arrived", "__weakref__")
+    __slots__ = ("__weakref__", "_arrived", "meta")
 
     def __init__(self) -> None:
         self.meta: dict[str, Any] | None = None
@@ -97,7 +97,7 @@ class ReplyHub:
             except (redis.ConnectionError, redis.TimeoutError) as exc:
                 logger.warning("reply channel %s lost (%s); resubscribing", self.channel, exc)
                 self._resubscribe()
-            except Exception:  # noqa: BLE001 - waiters fall back to reading results; keep listening
+            except Exception:  # waiters fall back to reading results; keep listening
                 logger.exception("reply channel %s: cannot deliver a reply", self.channel)
 
     def _resubscribe(self) -> None:

@@ -9,7 +9,7 @@ every ``celery worker`` of the app serve the task's queue in batches.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any, TypeVar, overload
+from typing import Any, ClassVar, TypeVar, overload
 
 import redis
 from celery import Celery, Task
@@ -40,7 +40,7 @@ class BatchedTask(Task):
     batch_policy: FlushPolicy = FlushPolicy()
     batch_function: BatchFn | None = None
     model_class: type[ManagedModel] | None = None
-    model_options: dict[str, Any] = {}
+    model_options: ClassVar[dict[str, Any]] = {}  # each declared task's class gets its own
     max_sample_bytes: int | None = DEFAULT_MAX_SAMPLE_BYTES
     #: The queue the task's batch consumer serves (``task_routes`` do not apply).
     batch_queue: str = ""
@@ -71,10 +71,12 @@ class BatchedTask(Task):
     def run_one(self, sample: Any) -> Any:
         """Run one sample in this process (a direct call or ``apply()``): a batch of one."""
         if self.batch_function is not None:
-            return list(self.batch_function([sample]))[0]
-        if self._local_model is None:
-            type(self)._local_model = self.build_model("cpu")
-        return list(self._local_model.predict([sample]))[0]
+            outputs = list(self.batch_function([sample]))
+        else:
+            if self._local_model is None:
+                type(self)._local_model = self.build_model("cpu")
+            outputs = list(self._local_model.predict([sample]))
+        return outputs[0]  # IndexError, not a StopIteration leaking out, when predict returns nothing
 
     def build_model(self, device: str) -> ManagedModel:
         """Build and load this task's model on ``device`` (once per worker process)."""

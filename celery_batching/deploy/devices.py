@@ -18,8 +18,8 @@ import logging
 import os
 import re
 import sys
+from collections.abc import Callable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Mapping, MutableMapping, Sequence
 
 from ..errors import ConfigurationError
 

@@ -23,12 +23,12 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from types import FrameType
-from typing import Callable, Sequence
 
-from .devices import DEVICE_ENV, THREADS_ENV, VISIBLE_ENV, WorkerSpec, configure_threads, parse_device
 from ..errors import ConfigurationError
+from .devices import DEVICE_ENV, THREADS_ENV, VISIBLE_ENV, WorkerSpec, configure_threads, parse_device
 
 logger = logging.getLogger(__name__)
 

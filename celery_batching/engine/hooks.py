@@ -40,7 +40,7 @@ def call_hooks(hooks: Sequence[BatchHooks], method: str, *args: Any) -> None:
     for hook in hooks:
         try:
             getattr(hook, method)(*args)
-        except Exception:  # noqa: BLE001 - observation must not break serving
+        except Exception:  # observation must not break serving
             import logging
 
             logging.getLogger(__name__).exception("hook %r failed in %s", hook, method)

@@ -56,7 +56,7 @@ class BatchingStep(bootsteps.StartStopStep):
     def include_if(self, worker: Any) -> bool:
         return bool(self.tasks)
 
-    def create(self, worker: Any) -> "BatchingStep":
+    def create(self, worker: Any) -> BatchingStep:
         return self
 
     def start(self, worker: Any) -> None:

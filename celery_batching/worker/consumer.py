@@ -155,7 +155,7 @@ class BatchedQueueConsumer:
             except (redis.ConnectionError, redis.TimeoutError) as exc:
                 logger.warning("%s: Redis unavailable (%s); retrying", self.spec.queue, exc)
                 self._stopping.wait(RETRY_PAUSE_SECONDS)
-            except Exception:  # noqa: BLE001 - keep serving whatever happens
+            except Exception:  # keep serving whatever happens
                 logger.exception("%s: unexpected error while fetching", self.spec.queue)
                 self._stopping.wait(RETRY_PAUSE_SECONDS)
 
@@ -261,7 +261,7 @@ class BatchedQueueConsumer:
         while (done := self._writes.get()) is not None:
             try:
                 self._write(done)
-            except Exception:  # noqa: BLE001 - messages stay unacked and come back later
+            except Exception:  # messages stay unacked and come back later
                 logger.exception("%s: storing a batch failed; its messages stay unacknowledged", self.spec.queue)
 
     def _write(self, done: _Done) -> None:
@@ -288,7 +288,7 @@ class BatchedQueueConsumer:
                 lambda: self.events.batch_done(self.spec.task_name, received, done.started, done.runtime, results),
                 "send task events",
             )
-        except Exception:  # noqa: BLE001 - results are stored and acknowledged already
+        except Exception:  # results are stored and acknowledged already
             logger.exception("%s: sending the task events of a batch failed", self.spec.queue)
 
     def _guard_late(self, done: _Done) -> list[TaskResult]:
