@@ -51,7 +51,7 @@ def is_reply_channel(value: Any) -> bool:
 
 
 def envelope(
-    task: Task,
+    task: Task[Any, Any],
     task_id: str,
     sample: Any,
     queue: str,
@@ -75,13 +75,14 @@ def envelope(
         ignore_result=ignore_result,
         create_sent_event=on_sent_event is not None,
     )
-    if on_sent_event is not None:
+    if on_sent_event is not None and message.sent_event is not None:
         on_sent_event({**message.sent_event, "queue": queue, "exchange": "", "routing_key": queue})
     headers = message.headers
     headers[SENT_AT_HEADER] = time.time()
     if reply_channel is not None:
         headers[REPLY_HEADER] = reply_channel
-    content_type, content_encoding, body = dumps(message.body, serializer=task.serializer)
+    content_type, content_encoding, serialized = dumps(message.body, serializer=task.serializer)
+    body: str | bytes = serialized  # binary serializers (pickle, msgpack) give bytes; kombu's stub says str
     if isinstance(body, str):
         body = body.encode(content_encoding or "utf-8")
     properties = dict(message.properties)
@@ -143,10 +144,10 @@ class TaskMessage:
 class MessageDecoder:
     """Turns raw payloads of one batched queue into :class:`TaskMessage` s."""
 
-    def __init__(self, task_name: str, queue: str, accept: set[str], max_sample_bytes: int | None) -> None:
+    def __init__(self, task_name: str, queue: str, accept: set[str] | None, max_sample_bytes: int | None) -> None:
         self.task_name = task_name
         self.queue = queue
-        self.accept = accept
+        self.accept = accept  # None: every content type (kombu's reading of it)
         self.max_sample_bytes = max_sample_bytes
 
     def decode(self, claimed: Claimed) -> TaskMessage:
@@ -220,11 +221,12 @@ class MessageDecoder:
             raise SampleTooLarge(self.task_name, len(raw), self.max_sample_bytes)
         content_type = outer.get("content-type")
         try:
-            body = loads(raw, content_type, outer.get("content-encoding", "utf-8"), accept=self.accept)
+            # kombu reads any false content type as application/data; its stub wants a str
+            body = loads(raw, content_type or "", outer.get("content-encoding", "utf-8"), accept=self.accept)
         except ContentDisallowed as exc:
             raise MalformedMessage(
                 f"{self.task_name}: content type {content_type!r} is refused; this worker "
-                f"accepts {sorted(self.accept)} (accept_content)"
+                f"accepts {sorted(self.accept or ())} (accept_content)"
             ) from exc
         if not (isinstance(body, (list, tuple)) and len(body) == 3):
             raise MalformedMessage(f"{self.task_name}: body is not [args, kwargs, embed] but {type(body).__name__}")
@@ -257,6 +259,8 @@ def _parse_expires(value: Any) -> datetime | None:
         expires = maybe_iso8601(value)
     except (TypeError, ValueError) as exc:
         raise ValueError(f"the expires header {value!r} is not an ISO 8601 date") from exc
+    if expires is None:  # maybe_iso8601 passes None through; a true value never gives it
+        return None
     if expires.tzinfo is None:
         expires = expires.replace(tzinfo=timezone.utc)
     return expires

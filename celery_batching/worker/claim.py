@@ -24,7 +24,7 @@ PRIORITY_SEPARATOR = "\x06\x16"
 
 
 def _lua(name: str) -> str:
-    return resources.files(__package__).joinpath("lua", name).read_text()
+    return resources.files(__package__).joinpath("lua").joinpath(name).read_text()  # one step at a time on 3.10
 
 
 class RedisQueue:
@@ -56,7 +56,9 @@ class RedisQueue:
         ``BLMOVE q q RIGHT RIGHT`` moves the last element onto itself: Redis's
         own blocking wait, with the message left where it was.
         """
-        return self.client.blmove(self.list_keys[0], self.list_keys[0], timeout, "RIGHT", "RIGHT") is not None
+        # Redis takes fractional seconds here; redis-py's hint says int.
+        moved = self.client.blmove(self.list_keys[0], self.list_keys[0], timeout, "RIGHT", "RIGHT")  # type: ignore[arg-type]
+        return moved is not None
 
     def ack(self, tags: list[str], pipe: redis.client.Pipeline | None = None) -> None:
         """Forget ``tags`` for good: their results are stored."""

@@ -30,6 +30,7 @@ from celery import Celery, states
 from celery.exceptions import TaskRevokedError
 from celery.worker import state as worker_state
 from kombu.serialization import prepare_accept_content
+from kombu.transport.redis import Channel as RedisChannel
 
 from ..engine.batcher import Batcher, BatchReport, Outcome, PredictFn, Request
 from ..engine.hooks import BatchHooks, call_hooks
@@ -89,7 +90,7 @@ class BatchedQueueConsumer:
         self.hooks = list(hooks)
         self._connection = app.connection_for_read()
         channel = self._connection.default_channel
-        if not hasattr(channel, "client") or not hasattr(channel, "qos"):
+        if not isinstance(channel, RedisChannel):
             raise TypeError(f"celery-batching needs a Redis broker, not {self._connection.transport_cls!r}")
         self._kombu_channel = channel
         self._visibility_timeout = float(channel.visibility_timeout)
