@@ -42,38 +42,20 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 if TYPE_CHECKING:  # `X as X`: explicit re-exports, for type checkers
-    from .client.gather import gather as gather
-    from .client.gather import submit_many as submit_many
-    from .client.task import BatchedTask as BatchedTask
-    from .client.task import batched as batched
+    from .client.gather import gather as gather, submit_many as submit_many
+    from .client.task import BatchedTask as BatchedTask, batched as batched
     from .engine.hooks import BatchHooks as BatchHooks
     from .engine.local import LocalStreamer as LocalStreamer
     from .engine.policy import FlushPolicy as FlushPolicy
     from .errors import (
         BatchingError as BatchingError,
-    )
-    from .errors import (
         BatchSizeMismatch as BatchSizeMismatch,
-    )
-    from .errors import (
         ConfigurationError as ConfigurationError,
-    )
-    from .errors import (
         InvalidSample as InvalidSample,
-    )
-    from .errors import (
         InvalidTaskCall as InvalidTaskCall,
-    )
-    from .errors import (
         MalformedMessage as MalformedMessage,
-    )
-    from .errors import (
         ModelLoadError as ModelLoadError,
-    )
-    from .errors import (
         ResultNotSerializable as ResultNotSerializable,
-    )
-    from .errors import (
         SampleTooLarge as SampleTooLarge,
     )
     from .models.base import ManagedModel as ManagedModel

@@ -18,8 +18,7 @@ from collections.abc import Iterator
 import pytest
 import redis
 from celery import signals
-from celery.exceptions import TaskRevokedError
-from celery.exceptions import TimeoutError as CeleryTimeoutError
+from celery.exceptions import TaskRevokedError, TimeoutError as CeleryTimeoutError
 from celery.result import AsyncResult
 
 from celery_batching import gather, submit_many

@@ -18,8 +18,7 @@ from typing import Any
 
 from asgiref.sync import sync_to_async
 from celery import Task
-from celery.exceptions import TaskRevokedError
-from celery.exceptions import TimeoutError as ResultTimeout
+from celery.exceptions import TaskRevokedError, TimeoutError as ResultTimeout
 from django.conf import settings
 from kombu.exceptions import OperationalError
 from redis.exceptions import RedisError
