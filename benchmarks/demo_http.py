@@ -24,8 +24,8 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from .procs import Group, HarnessError, free_port
 from .stats import Measurement

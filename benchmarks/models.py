@@ -42,7 +42,7 @@ class BenchModel(ABC):
         self.device = device
         self._trace = trace.from_env()
 
-    def load(self) -> None:
+    def load(self) -> None:  # noqa: B027 - optional: a model with nothing to load keeps this no-op
         """Do the heavy, once-per-process part (weights, warm-up)."""
 
     def predict(self, batch: list[Any]) -> list[Any]:

@@ -8,6 +8,7 @@ id and nothing else. CPU time is read per process, children included, from
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import select
@@ -15,8 +16,9 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import psutil
 
@@ -50,7 +52,7 @@ class Group:
     ) -> None:
         self.argv = list(argv)
         self.log = log
-        self._log_handle = open(log, "ab")
+        self._log_handle = open(log, "ab")  # noqa: SIM115 - the child writes to it until stop() closes it
         self.popen = subprocess.Popen(
             self.argv,
             cwd=cwd,
@@ -100,10 +102,8 @@ def _reap_group(pgid: int, wait: float) -> None:
         except ProcessLookupError:
             return
         time.sleep(0.05)
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(pgid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
 
 
 class RedisServer(Group):
@@ -142,9 +142,9 @@ class RedisServer(Group):
                 with socket.create_connection(("127.0.0.1", self.port), timeout=1.0) as sock:
                     sock.sendall((" ".join(words) + "\r\n").encode())
                     return sock.recv(4096)
-            except OSError:
+            except OSError as exc:
                 if not self.alive() or time.monotonic() > deadline:
-                    raise HarnessError(f"redis-server on port {self.port} does not answer: {self.tail()}")
+                    raise HarnessError(f"redis-server on port {self.port} does not answer: {self.tail()}") from exc
                 time.sleep(0.02)
 
     def flush(self) -> None:

@@ -30,9 +30,9 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from . import demo_http, stats, trace
 from .knobs import DEVICE_ENV, MODEL_ENV, REDIS_ENV

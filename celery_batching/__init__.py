@@ -43,26 +43,26 @@ _EXPORTS = {
 
 __all__ = sorted(_EXPORTS)
 
-if TYPE_CHECKING:
-    from .client.gather import gather, submit_many
-    from .client.task import BatchedTask, batched
-    from .engine.hooks import BatchHooks
-    from .engine.local import LocalStreamer
-    from .engine.policy import FlushPolicy
+if TYPE_CHECKING:  # `X as X`: explicit re-exports, for type checkers
+    from .client.gather import gather as gather, submit_many as submit_many
+    from .client.task import BatchedTask as BatchedTask, batched as batched
+    from .engine.hooks import BatchHooks as BatchHooks
+    from .engine.local import LocalStreamer as LocalStreamer
+    from .engine.policy import FlushPolicy as FlushPolicy
     from .errors import (
-        BatchingError,
-        BatchSizeMismatch,
-        CompressionError,
-        ConfigurationError,
-        DecompressedSampleTooLarge,
-        InvalidSample,
-        InvalidTaskCall,
-        MalformedMessage,
-        ModelLoadError,
-        ResultNotSerializable,
-        SampleTooLarge,
+        BatchingError as BatchingError,
+        BatchSizeMismatch as BatchSizeMismatch,
+        CompressionError as CompressionError,
+        ConfigurationError as ConfigurationError,
+        DecompressedSampleTooLarge as DecompressedSampleTooLarge,
+        InvalidSample as InvalidSample,
+        InvalidTaskCall as InvalidTaskCall,
+        MalformedMessage as MalformedMessage,
+        ModelLoadError as ModelLoadError,
+        ResultNotSerializable as ResultNotSerializable,
+        SampleTooLarge as SampleTooLarge,
     )
-    from .models.base import ManagedModel
+    from .models.base import ManagedModel as ManagedModel
 
 
 def __getattr__(name: str) -> Any:

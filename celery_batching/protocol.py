@@ -71,7 +71,7 @@ def is_reply_channel(value: Any) -> bool:
 
 
 def envelope(
-    task: Task,
+    task: Task[Any, Any],
     task_id: str,
     sample: Any,
     queue: str,
@@ -100,13 +100,14 @@ def envelope(
         ignore_result=ignore_result,
         create_sent_event=on_sent_event is not None,
     )
-    if on_sent_event is not None:
+    if on_sent_event is not None and message.sent_event is not None:
         on_sent_event({**message.sent_event, "queue": queue, "exchange": "", "routing_key": queue})
     headers = message.headers
     headers[SENT_AT_HEADER] = time.time()
     if reply_channel is not None:
         headers[REPLY_HEADER] = reply_channel
-    content_type, content_encoding, body = dumps(message.body, serializer=serializer or task.serializer)
+    content_type, content_encoding, serialized = dumps(message.body, serializer=serializer or task.serializer)
+    body: str | bytes = serialized  # binary serializers (pickle, msgpack) give bytes; kombu's stub says str
     if isinstance(body, str):
         body = body.encode(content_encoding or "utf-8")
     if compression:
@@ -189,10 +190,10 @@ class TaskMessage:
 class MessageDecoder:
     """Turns raw payloads of one batched queue into :class:`TaskMessage` s."""
 
-    def __init__(self, task_name: str, queue: str, accept: set[str], max_sample_bytes: int | None) -> None:
+    def __init__(self, task_name: str, queue: str, accept: set[str] | None, max_sample_bytes: int | None) -> None:
         self.task_name = task_name
         self.queue = queue
-        self.accept = accept
+        self.accept = accept  # None: every content type (kombu's reading of it)
         self.max_sample_bytes = max_sample_bytes
 
     def decode(self, claimed: Claimed) -> TaskMessage:
@@ -203,7 +204,8 @@ class MessageDecoder:
                 raise ValueError(f"a JSON {type(outer).__name__}, not an object")
         except ValueError as exc:
             message.error = MalformedMessage(
-                f"queue {self.queue!r}: message is not a kombu JSON envelope ({exc}): {claimed.payload[:_QUOTE_BYTES]!r}"
+                f"queue {self.queue!r}: message is not a kombu JSON envelope ({exc}): "
+                f"{claimed.payload[:_QUOTE_BYTES]!r}"
             )
             return message
         headers = outer.get("headers")
@@ -274,11 +276,12 @@ class MessageDecoder:
             raw = decompress_body(self.task_name, raw, codec, self.max_sample_bytes)
         content_type = outer.get("content-type")
         try:
-            body = loads(raw, content_type, outer.get("content-encoding", "utf-8"), accept=self.accept)
+            # kombu reads any false content type as application/data; its stub wants a str
+            body = loads(raw, content_type or "", outer.get("content-encoding", "utf-8"), accept=self.accept)
         except ContentDisallowed as exc:
             raise MalformedMessage(
                 f"{self.task_name}: content type {content_type!r} is refused; this worker "
-                f"accepts {sorted(self.accept)} (accept_content)"
+                f"accepts {sorted(self.accept or ())} (accept_content)"
             ) from exc
         if not (isinstance(body, (list, tuple)) and len(body) == 3):
             raise MalformedMessage(f"{self.task_name}: body is not [args, kwargs, embed] but {type(body).__name__}")
@@ -428,6 +431,8 @@ def _parse_date(header: str, value: Any) -> datetime | None:
         when = maybe_iso8601(value)
     except (TypeError, ValueError, AttributeError) as exc:
         raise ValueError(f"the {header} header {value!r} is not an ISO 8601 date") from exc
+    if when is None:  # maybe_iso8601 passes None through; a true value never gives it
+        return None
     if when.tzinfo is None:
         when = when.replace(tzinfo=timezone.utc)
     return when

@@ -54,7 +54,8 @@ def describe(path: str, status: int, answer: dict[str, Any]) -> str:
         return f"ranked by similarity to {answer['query']!r} {timing}\n" + "\n".join(lines)
     if path.endswith("embed"):
         first = ", ".join(f"{x:.4f}" for x in answer["embeddings"][0][:4])
-        return f"{len(answer['embeddings'])} embeddings of {answer['dim']} floats; the first starts [{first}, ...] {timing}"
+        count = len(answer["embeddings"])
+        return f"{count} embeddings of {answer['dim']} floats; the first starts [{first}, ...] {timing}"
     masks = [", ".join(f"{c['token']} {c['score']:.2f}" for c in candidates) for candidates in answer["masks"]]
     return f"{answer['text']} {timing}\n" + "\n".join(f"  [MASK] -> {line}" for line in masks)
 

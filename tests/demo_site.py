@@ -14,10 +14,11 @@ import sys
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
-from tests.servers import ROOT, RedisServer, Worker, free_port, wait_until, stop_process
+from tests.servers import ROOT, RedisServer, Worker, free_port, stop_process, wait_until
 
 # Fast worker polling, so a stopped worker is noticed within seconds.
 SITE_ENV = {
@@ -112,7 +113,7 @@ class WebServer:
 
     def _answers(self) -> bool:
         if self.process.poll() is not None:
-            raise RuntimeError(f"gunicorn exited with {self.process.returncode}: {open(self.log_path).read()}")
+            raise RuntimeError(f"gunicorn exited with {self.process.returncode}: {Path(self.log_path).read_text()}")
         try:
             with urllib.request.urlopen(f"{self.url}/healthz", timeout=5) as response:
                 return response.status == 200

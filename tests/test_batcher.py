@@ -36,7 +36,7 @@ def test_predict_isolated_bisects_so_only_the_bad_sample_fails():
     assert isinstance(errors[2], ValueError) and str(errors[2]) == "-1 is unlucky"
     assert all(error is None for i, error in enumerate(errors) if i != 2)
     # the good half ran once, whole; the bad path was split down to one sample
-    assert [-1] in model.batches and [1, 2, -1, 4, 5, 6, 7, 8] == model.batches[0]
+    assert [-1] in model.batches and model.batches[0] == [1, 2, -1, 4, 5, 6, 7, 8]
 
 
 def test_out_of_memory_on_a_big_batch_is_retried_in_halves_before_failing_anything():

@@ -18,14 +18,13 @@ from collections.abc import Iterator
 import pytest
 import redis
 from celery import signals
-from celery.exceptions import TaskRevokedError
-from celery.exceptions import TimeoutError as CeleryTimeoutError
+from celery.exceptions import TaskRevokedError, TimeoutError as CeleryTimeoutError
 from celery.result import AsyncResult
 
 from celery_batching import gather, submit_many
 from celery_batching.client.publish import FAST_CLIENT_SETTING
-from celery_batching.protocol import envelope
 from celery_batching.client.replies import BatchedResult, reply_hub
+from celery_batching.protocol import envelope
 from tests.servers import wait_until
 
 

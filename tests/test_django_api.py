@@ -104,7 +104,7 @@ def test_a_sample_the_model_rejects_is_400_with_the_models_message(client):
     assert "MiniLMEmbedder got a text of 2500 characters, more than max_chars=2000" in response.json()["error"]
 
 
-def test_timeout_is_504_and_the_tasks_are_revoked(client, embed_worker, monkeypatch):  # noqa: F811
+def test_timeout_is_504_and_the_tasks_are_revoked(client, embed_worker, monkeypatch):
     from django.test import override_settings
 
     from django_demo.celery import app
@@ -136,7 +136,7 @@ def test_timeout_is_504_and_the_tasks_are_revoked(client, embed_worker, monkeypa
     wait_until(lambda: app.AsyncResult(task_id).state == "REVOKED", 30, "the task to be marked REVOKED")
 
 
-def test_healthz_reports_redis_and_the_workers_per_queue(client, embed_worker):  # noqa: F811
+def test_healthz_reports_redis_and_the_workers_per_queue(client, embed_worker):
     response = client.get("/healthz")
     assert response.status_code == 200
     body = response.json()
@@ -167,7 +167,7 @@ def test_the_page_leads_with_similarity(client):
 
 
 @pytest.fixture
-def async_client(demo_site):  # noqa: F811 - the fixture
+def async_client(demo_site):
     from django.test import AsyncClient
 
     return AsyncClient()
@@ -201,7 +201,7 @@ def test_async_model_rejection_is_400(async_client):
     assert "more than max_chars=2000" in response.json()["error"]
 
 
-def test_async_timeout_is_504(async_client, embed_worker, monkeypatch):  # noqa: F811
+def test_async_timeout_is_504(async_client, embed_worker, monkeypatch):
     from django.test import override_settings
 
     from django_demo.celery import app

@@ -45,7 +45,7 @@ def require_browser() -> None:
 
 
 @pytest.fixture(scope="module")
-def site(redis_server, tiny_checkpoint, embed_worker, tmp_path_factory) -> Iterator[WebServer]:  # noqa: F811
+def site(redis_server, tiny_checkpoint, embed_worker, tmp_path_factory) -> Iterator[WebServer]:
     # Fill-mask left unconfigured, as on a fresh machine: the page must say how to turn it on.
     env = {**site_env(redis_server, tiny_checkpoint), "FILL_MASK_CHECKPOINT": ""}
     server = WebServer(env, str(tmp_path_factory.mktemp("web") / "gunicorn.log")).start()
@@ -61,7 +61,7 @@ def browser(tmp_path) -> Iterator:
 
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
-    for flag in CHROMIUM_FLAGS + [f"--user-data-dir={tmp_path / 'profile'}"]:
+    for flag in [*CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}"]:
         options.add_argument(flag)
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
     try:

@@ -38,7 +38,7 @@ def test_no_worker_for_the_queue_is_503_and_nothing_is_sent(client, redis_server
     assert redis_server.client(0).llen("fill_mask") == before
 
 
-def test_fill_mask_runs_on_a_worker_and_a_stopped_worker_gives_503(client, redis_server, tiny_checkpoint):  # noqa: F811
+def test_fill_mask_runs_on_a_worker_and_a_stopped_worker_gives_503(client, redis_server, tiny_checkpoint):
     from celery import Celery
 
     from celery_batching.client.directory import WorkerDirectory, serving_workers

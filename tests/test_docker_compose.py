@@ -22,7 +22,7 @@ import pytest
 import redis
 import yaml
 
-from tests.servers import ROOT, free_port, wait_until, stop_process
+from tests.servers import ROOT, free_port, stop_process, wait_until
 
 COMPOSE = ROOT / "docker-compose.yml"
 APP_SERVICES = ("web", "worker-gpu0", "worker-gpu1", "flower")
@@ -167,7 +167,7 @@ def with_option(argv: list[str], option: str, value: str) -> list[str]:
             skip = True
         elif not arg.startswith(option + "="):
             out.append(arg)
-    return out + [f"{option}={value}"]
+    return [*out, f"{option}={value}"]
 
 
 class Service:
@@ -206,7 +206,8 @@ def stack(compose, tmp_path) -> Iterator[dict]:
     """Redis, a worker, gunicorn and Flower from their compose commands, on loopback ports."""
     started: list = []
     ports = {name: free_port() for name in ("redis", "web", "flower", "metrics")}
-    redis_argv = command(compose, "redis") + [
+    redis_argv = [
+        *command(compose, "redis"),
         "--port",
         str(ports["redis"]),
         "--bind",

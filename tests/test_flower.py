@@ -14,12 +14,13 @@ import sys
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from celery_batching import InvalidSample, gather, submit_many
 from tests.demo_site import demo_site, site_env, start_demo_worker, tiny_checkpoint  # noqa: F401 - fixtures
-from tests.servers import ROOT, free_port, wait_until, stop_process
+from tests.servers import ROOT, free_port, stop_process, wait_until
 
 # Flower's API answers only with authentication (or FLOWER_UNAUTHENTICATED_API).
 USER, PASSWORD = "tester", "flower-test-password"
@@ -56,7 +57,7 @@ class Flower:
 
     def answers(self) -> bool:
         if self.process.poll() is not None:
-            raise RuntimeError(f"flower exited with {self.process.returncode}: {open(self.log_path).read()}")
+            raise RuntimeError(f"flower exited with {self.process.returncode}: {Path(self.log_path).read_text()}")
         try:
             return self.get("/healthcheck") == "OK"
         except (urllib.error.URLError, ConnectionError):

@@ -11,15 +11,14 @@ import re
 import signal
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import pytest
 
 from celery_batching import gather, submit_many
 from celery_batching.deploy.cli import WORKERS_OPTIONS, add_options
 from celery_batching.deploy.devices import plan_workers
-from celery_batching.errors import ConfigurationError
 from celery_batching.deploy.launcher import (
     RestartPolicy,
     describe_exit,
@@ -28,6 +27,7 @@ from celery_batching.deploy.launcher import (
     worker_command,
     worker_env,
 )
+from celery_batching.errors import ConfigurationError
 from tests.servers import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent  # the repository; the CLI runs from here

@@ -196,7 +196,7 @@ def test_tls_certificate_is_verified(tls_redis, tmp_path):
     app = load_app(APP, tls_redis.url(0, ca=other_ca), tls_redis.url(1, ca=other_ca))
     # When it connects to the broker, Then the handshake fails on verification
     with pytest.raises(Exception, match="certificate verify failed"):
-        app.app.connection_for_write().default_channel
+        app.app.connection_for_write().default_channel  # noqa: B018 - the property connects
 
 
 # -- secrets -------------------------------------------------------------------------------

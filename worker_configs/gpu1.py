@@ -4,7 +4,6 @@ Inside the process the GPU is ``cuda:0`` (CUDA_VISIBLE_DEVICES=1).
 """
 
 from celery_batching.deploy.devices import pin_process as _pin_process
-
-from worker_configs.common import *  # noqa: F401,F403
+from worker_configs.common import *  # noqa: F403
 
 _pin_process(1)

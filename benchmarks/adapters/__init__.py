@@ -62,7 +62,7 @@ class Adapter(ABC):
         """Only for ``full_batches`` systems."""
         raise NotImplementedError
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - optional: an adapter holding nothing keeps this no-op
         """Release threads, connections and child processes."""
 
 

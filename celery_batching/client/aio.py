@@ -15,7 +15,9 @@ from typing import Any
 
 import redis.asyncio
 from celery import Celery, states
+from celery.backends.redis import RedisBackend
 from celery.exceptions import TimeoutError as ResultTimeout
+from kombu.utils.encoding import ensure_bytes
 
 
 async def gather_async(app: Celery, task_ids: list[str], timeout: float) -> list[Any]:
@@ -25,7 +27,10 @@ async def gather_async(app: Celery, task_ids: list[str], timeout: float) -> list
     not all results are in after ``timeout`` seconds.
     """
     backend = app.backend
-    keys = [backend.get_key_for_task(task_id) for task_id in task_ids]
+    if not isinstance(backend, RedisBackend):
+        raise TypeError(f"gather_async needs Celery's Redis result backend, not {type(backend).__name__}")
+    # Keys are bytes, as pub/sub messages name their channels (celery-types says str; Celery builds bytes).
+    keys = [ensure_bytes(backend.get_key_for_task(task_id)) for task_id in task_ids]
     metas: dict[bytes, dict[str, Any]] = {}
     client = redis.asyncio.Redis.from_url(app.conf.result_backend)
     try:
@@ -46,7 +51,7 @@ async def gather_async(app: Celery, task_ids: list[str], timeout: float) -> list
 
 
 async def _await_rest(
-    backend: Any, pubsub: Any, metas: dict[bytes, dict[str, Any]], keys: set[bytes], timeout: float
+    backend: RedisBackend, pubsub: Any, metas: dict[bytes, dict[str, Any]], keys: set[bytes], timeout: float
 ) -> None:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
@@ -59,9 +64,11 @@ async def _await_rest(
             _keep_if_ready(backend, metas, message["channel"], message["data"])
 
 
-def _keep_if_ready(backend: Any, metas: dict[bytes, dict[str, Any]], key: bytes, raw: bytes | None) -> None:
+def _keep_if_ready(
+    backend: RedisBackend, metas: dict[bytes, dict[str, Any]], key: bytes, raw: bytes | str | None
+) -> None:
     if raw is None:
         return
-    meta = backend.decode_result(raw)
+    meta = backend.decode_result(ensure_bytes(raw))
     if meta["status"] in states.READY_STATES:
         metas[key] = meta

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 from celery import Task
 from celery.exceptions import TimeoutError as CeleryTimeoutError
@@ -20,28 +20,34 @@ from celery.result import AsyncResult
 from .publish import send_many
 from .replies import BatchedResult
 
+Sample = TypeVar("Sample")
+Output = TypeVar("Output")
+
 # How often gather() reads stored results again while it waits.
 RECHECK_SECONDS = 1.0
 
 
 def submit_many(
-    task: Task,
-    samples: Iterable[Any],
+    task: Task[[Sample], Output],
+    samples: Iterable[Sample],
     *,
     expires: float | None = None,
     ignore_result: bool | None = None,
     queue: str | None = None,
-) -> list[AsyncResult]:
+) -> list[AsyncResult[Output]]:
     """Send one task per sample in a single broker round trip.
 
     The order of the returned results is the order of ``samples``.
     ``expires`` is seconds from now, as with ``apply_async``.
     """
-    queue = queue or getattr(task, "batch_queue", None) or task.queue or task.app.conf.task_default_queue
+    # A task has a ``queue`` attribute only when it was declared with one.
+    queue = (
+        queue or getattr(task, "batch_queue", None) or getattr(task, "queue", None) or task.app.conf.task_default_queue
+    )
     return send_many(task, list(samples), queue, expires=expires, ignore_result=ignore_result)
 
 
-def gather(results: Sequence[AsyncResult], timeout: float | None = None, propagate: bool = True) -> list[Any]:
+def gather(results: Sequence[AsyncResult[Any]], timeout: float | None = None, propagate: bool = True) -> list[Any]:
     """Wait for all ``results``; their values in order. Raises the first failure if ``propagate``."""
     if not results:
         return []

@@ -16,11 +16,12 @@ every call then goes through Celery unchanged.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any, TypeVar
 
-from celery import Celery, signals
+from celery import Celery, Task, signals
 from celery.backends.redis import RedisBackend
 from celery.result import AsyncResult
+from kombu.transport.redis import Channel as RedisChannel
 from kombu.utils.uuid import uuid
 
 from ..protocol import envelope
@@ -29,8 +30,8 @@ from .per_process import PerProcess
 from .replies import BatchedResult, ReplyHub, reply_hub
 from .sent_events import sent_events
 
-if TYPE_CHECKING:
-    from .task import BatchedTask
+Sample = TypeVar("Sample")
+Output = TypeVar("Output")
 
 #: The app setting that turns the fast path off.
 FAST_CLIENT_SETTING = "batching_fast_client"
@@ -38,7 +39,7 @@ FAST_CLIENT_SETTING = "batching_fast_client"
 FAST_OPTIONS = frozenset({"task_id", "expires", "ignore_result", "queue", "serializer", "compression"})
 
 
-def can_send_fast(task: BatchedTask, args: Any, kwargs: Any, options: Mapping[str, Any]) -> bool:
+def can_send_fast(task: Task[Any, Any], args: Any, kwargs: Any, options: Mapping[str, Any]) -> bool:
     """Whether this call may skip Celery's publish path without anyone noticing.
 
     Only with the Redis result backend: the reply channel and the worker's
@@ -62,8 +63,8 @@ def can_send_fast(task: BatchedTask, args: Any, kwargs: Any, options: Mapping[st
 
 
 def send_many(
-    task: BatchedTask,
-    samples: Sequence[Any],
+    task: Task[[Sample], Output],
+    samples: Sequence[Sample],
     queue: str,
     *,
     task_ids: Sequence[str] | None = None,
@@ -71,7 +72,7 @@ def send_many(
     ignore_result: bool | None = None,
     serializer: str | None = None,
     compression: str | None = None,
-) -> list[AsyncResult]:
+) -> list[AsyncResult[Output]]:
     """Push one message per sample in one round trip; their results in order.
 
     ``None`` means the task's own setting, as in ``apply_async`` (for
@@ -121,13 +122,16 @@ class _Publisher:
 
     def __init__(self, app: Celery) -> None:
         self._connection = app.connection_for_write()
-        self.client = self._connection.default_channel.client
+        channel = self._connection.default_channel
+        if not isinstance(channel, RedisChannel):
+            raise TypeError(f"celery-batching needs a Redis broker, not {self._connection.transport_cls!r}")
+        self.client = channel.client
 
 
 _publishers: PerProcess[_Publisher] = PerProcess(_Publisher)
 
 
-def _result(task: BatchedTask, task_id: str, hub: ReplyHub | None, ignore_result: bool) -> AsyncResult:
+def _result(task: Task[Any, Output], task_id: str, hub: ReplyHub | None, ignore_result: bool) -> AsyncResult[Output]:
     """The result handle, its reply slot registered before anything is sent."""
     if hub is None:
         result = task.AsyncResult(task_id)

@@ -16,13 +16,16 @@ import logging
 import threading
 import time
 import weakref
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import redis
 from celery import Celery, states
 from celery.backends.redis import RedisBackend
 from celery.exceptions import TimeoutError as CeleryTimeoutError
-from celery.result import AsyncResult, assert_will_not_block
+from celery.result import (  # type: ignore[attr-defined]  # assert_will_not_block: public in Celery, not in its stubs
+    AsyncResult,
+    assert_will_not_block,
+)
 from kombu.utils.uuid import uuid
 
 from ..protocol import CHANNEL_PREFIX
@@ -42,7 +45,7 @@ RECONNECT_PAUSE_SECONDS = 0.5
 class ReplySlot:
     """Where the listener leaves one task's result for its waiter."""
 
-    __slots__ = ("meta", "_arrived", "__weakref__")
+    __slots__ = ("__weakref__", "_arrived", "meta")
 
     def __init__(self) -> None:
         self.meta: dict[str, Any] | None = None
@@ -97,7 +100,7 @@ class ReplyHub:
             except (redis.ConnectionError, redis.TimeoutError) as exc:
                 logger.warning("reply channel %s lost (%s); resubscribing", self.channel, exc)
                 self._resubscribe()
-            except Exception:  # noqa: BLE001 - waiters fall back to reading results; keep listening
+            except Exception:  # waiters fall back to reading results; keep listening
                 logger.exception("reply channel %s: cannot deliver a reply", self.channel)
 
     def _resubscribe(self) -> None:
@@ -117,7 +120,13 @@ class ReplyHub:
             slot.fulfil(meta)
 
 
-_hubs: PerProcess[ReplyHub] = PerProcess(lambda app: ReplyHub(app.backend))
+def _new_hub(app: Celery) -> ReplyHub:
+    if not isinstance(app.backend, RedisBackend):
+        raise TypeError(f"a reply hub needs Celery's Redis result backend, not {type(app.backend).__name__}")
+    return ReplyHub(app.backend)
+
+
+_hubs: PerProcess[ReplyHub] = PerProcess(_new_hub)
 
 
 def reply_hub(app: Celery) -> ReplyHub | None:
@@ -128,7 +137,13 @@ def reply_hub(app: Celery) -> ReplyHub | None:
     return _hubs.get(app) if isinstance(app.backend, RedisBackend) else None
 
 
-class BatchedResult(AsyncResult):
+if TYPE_CHECKING:
+    _AnyResult = AsyncResult[Any]
+else:
+    _AnyResult = AsyncResult  # Celery before 5.7 cannot subscript it at run time
+
+
+class BatchedResult(_AnyResult):
     """An ``AsyncResult`` awaited on its process's reply channel.
 
     Everything but the wait is Celery's: once the reply is in, ``get`` hands
@@ -150,12 +165,18 @@ class BatchedResult(AsyncResult):
         super().__init__(id, backend=backend, task_name=task_name, app=app, parent=parent)
         self._slot = slot
 
-    def get(self, timeout: float | None = None, propagate: bool = True, **options: Any) -> Any:
+    if TYPE_CHECKING:  # the parts of AsyncResult used here that celery-types does not declare
+        _cache: dict[str, Any] | None
+
+        def _maybe_set_cache(self, meta: dict[str, Any]) -> dict[str, Any] | None: ...
+
+    def get(self, timeout: float | None = None, propagate: bool = True, *args: Any, **options: Any) -> Any:
+        """Celery's ``get``; positional arguments past ``propagate`` pass through to it."""
         if self._slot is not None and self._cache is None and not self.ignored:
             if options.get("disable_sync_subtasks", True):
                 assert_will_not_block()
             self._maybe_set_cache(self._await_reply(timeout))
-        return super().get(timeout=timeout, propagate=propagate, **options)
+        return super().get(timeout, propagate, *args, **options)
 
     wait = get
 

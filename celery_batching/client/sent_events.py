@@ -63,7 +63,7 @@ class SentEvents:
             time.sleep(FLUSH_EVERY_SECONDS)
             try:
                 self.flush()
-            except Exception:  # noqa: BLE001 - monitoring must never break sending tasks
+            except Exception:  # monitoring must never break sending tasks
                 logger.exception("could not send task-sent events")
 
 

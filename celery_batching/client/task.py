@@ -9,53 +9,83 @@ every ``celery worker`` of the app serve the task's queue in batches.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any, TypeVar, overload
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, Protocol, cast, overload
 
 import redis
 from celery import Celery, Task
+from celery.result import AsyncResult
 from celery.signals import celeryd_init
 from celery.utils.text import str_to_list
 from kombu.utils.uuid import uuid
 
 from ..engine.policy import FlushPolicy
 from ..errors import ConfigurationError
-from ..models.base import ManagedModel
+from ..models.base import ManagedModel, Output, Sample
 from .backends import check_result_backend
 from .publish import can_send_fast, send_many
 
 # Largest encoded sample a worker accepts by default; bigger ones fail alone.
 DEFAULT_MAX_SAMPLE_BYTES = 1 << 20
 
-BatchFn = Callable[[list[Any]], Sequence[Any]]
-F = TypeVar("F", bound=BatchFn)
+#: What ``@batched`` decorates: a list of samples in, one output per sample out, in order.
+BatchFn = Callable[[list[Sample]], Sequence[Output]]
 #: The worker bootstep, named rather than imported: the client side never loads the worker's code.
 WORKER_STEP = "celery_batching.worker.bootstep:BatchingStep"
 #: Where the ``-Q``/``-X`` of a starting worker are kept for the bootstep.
 QUEUE_OPTIONS_ATTR = "batching_queue_options"
 
 
-class BatchedTask(Task):
-    """Base class of batched tasks; ``batched()`` fills in the class attributes."""
+if TYPE_CHECKING:
+    #: For type checkers, a batched task is a Celery task of one ``Sample`` argument returning an ``Output``:
+    #: celery-types makes ``Task`` generic over its parameters and result, so ``.delay()`` is checked.
+    _OneSampleTask = Task[[Sample], Output]
+else:
+
+    class _OneSampleTask(Task, Generic[Sample, Output]):
+        """At run time: Celery's ``Task``, subscriptable (Celery before 5.7 cannot subscript ``Task``)."""
+
+        abstract = True
+
+
+class BatchedTask(_OneSampleTask[Sample, Output]):
+    """Base class of batched tasks; ``batched()`` fills in the class attributes.
+
+    ``BatchedTask[Sample, Output]``: ``.delay(sample)`` takes a ``Sample`` and
+    gives an ``AsyncResult[Output]``.
+    """
 
     abstract = True
     batch_policy: FlushPolicy = FlushPolicy()
-    batch_function: BatchFn | None = None
-    model_class: type[ManagedModel] | None = None
-    model_options: dict[str, Any] = {}
+    batch_function: BatchFn[Sample, Output] | None = None
+    model_class: type[ManagedModel[Sample, Output]] | None = None
+    model_options: ClassVar[dict[str, Any]] = {}  # each declared task's class gets its own
     max_sample_bytes: int | None = DEFAULT_MAX_SAMPLE_BYTES
     #: The queue the task's batch consumer serves (``task_routes`` do not apply).
     batch_queue: str = ""
-    _local_model: ManagedModel | None = None
+    _local_model: ManagedModel[Sample, Output] | None = None
 
-    def apply_async(self, args: Any = None, kwargs: Any = None, **options: Any) -> Any:
+    def apply_async(
+        self,
+        args: tuple[Any, ...] | None = None,
+        kwargs: dict[str, Any] | None = None,
+        task_id: str | None = None,
+        producer: Any = None,
+        link: Any = None,
+        link_error: Any = None,
+        shadow: str | None = None,
+        **options: Any,
+    ) -> AsyncResult[Output]:
         """Send to the task's batch queue unless the caller names another queue.
 
         Plain calls take the fast path of :mod:`~celery_batching.client.publish`;
         anything it does not cover (links, countdown, signal receivers, ...)
-        goes through Celery's own ``apply_async``.
+        goes through Celery's own ``apply_async``. The positional parameters are
+        Celery's; those given join ``options`` as Celery would read them.
         """
+        named = {"task_id": task_id, "producer": producer, "link": link, "link_error": link_error, "shadow": shadow}
+        options.update((key, value) for key, value in named.items() if value is not None)
         options.setdefault("queue", self.batch_queue)
-        if can_send_fast(self, args, kwargs, options):
+        if args is not None and can_send_fast(self, args, kwargs, options):
             try:
                 return send_many(
                     self,
@@ -71,15 +101,18 @@ class BatchedTask(Task):
                 pass  # Celery's path retries as its publish retry policy says
         return super().apply_async(args, kwargs, **options)
 
-    def run_one(self, sample: Any) -> Any:
+    def run_one(self, sample: Sample) -> Output:
         """Run one sample in this process (a direct call or ``apply()``): a batch of one."""
         if self.batch_function is not None:
-            return list(self.batch_function([sample]))[0]
-        if self._local_model is None:
-            type(self)._local_model = self.build_model("cpu")
-        return list(self._local_model.predict([sample]))[0]
+            outputs = list(self.batch_function([sample]))
+        else:
+            model = self._local_model
+            if model is None:
+                model = type(self)._local_model = self.build_model("cpu")
+            outputs = list(model.predict([sample]))
+        return outputs[0]  # IndexError, not a StopIteration leaking out, when predict returns nothing
 
-    def build_model(self, device: str) -> ManagedModel:
+    def build_model(self, device: str) -> ManagedModel[Sample, Output]:
         """Build and load this task's model on ``device`` (once per worker process)."""
         if self.model_class is None:
             raise ConfigurationError(f"{self.name} has no model")
@@ -91,10 +124,38 @@ class BatchedTask(Task):
 _OWN_OPTIONS = {"max_batch_size", "max_wait", "queue", "name", "model", "model_options", "max_sample_bytes"}
 
 
+class BatchedDecorator(Protocol):
+    """What ``batched(app, ...)`` without ``model=`` returns: it types the task after the function it decorates."""
+
+    def __call__(self, function: BatchFn[Sample, Output], /) -> BatchedTask[Sample, Output]: ...
+
+
 @overload
-def batched(app: Celery, *, model: type[ManagedModel], **options: Any) -> BatchedTask: ...
+def batched(
+    app: Celery,
+    *,
+    max_batch_size: int = ...,
+    max_wait: float = ...,
+    queue: str | None = ...,
+    name: str | None = ...,
+    model: type[ManagedModel[Sample, Output]],
+    model_options: dict[str, Any] | None = ...,
+    max_sample_bytes: int | None = ...,
+    **task_options: Any,
+) -> BatchedTask[Sample, Output]: ...
 @overload
-def batched(app: Celery, **options: Any) -> Callable[[F], BatchedTask]: ...
+def batched(
+    app: Celery,
+    *,
+    max_batch_size: int = ...,
+    max_wait: float = ...,
+    queue: str | None = ...,
+    name: str | None = ...,
+    model: None = ...,
+    model_options: None = ...,
+    max_sample_bytes: int | None = ...,
+    **task_options: Any,
+) -> BatchedDecorator: ...
 
 
 def batched(
@@ -104,11 +165,11 @@ def batched(
     max_wait: float = 0.0,
     queue: str | None = None,
     name: str | None = None,
-    model: type[ManagedModel] | None = None,
+    model: type[ManagedModel[Any, Any]] | None = None,
     model_options: dict[str, Any] | None = None,
     max_sample_bytes: int | None = DEFAULT_MAX_SAMPLE_BYTES,
     **task_options: Any,
-) -> Any:
+) -> BatchedTask[Any, Any] | BatchedDecorator:
     """Declare a batched task on ``app``.
 
     As a decorator, the function receives a list of samples and returns a list
@@ -131,25 +192,33 @@ def batched(
     check_result_backend(app, "batched()")
     _install_worker_side(app)
 
-    def declare(origin: Any, function: BatchFn | None, task_name: str) -> BatchedTask:
-        base = type(
-            "BatchedTask",
-            (BatchedTask,) if user_base is None else (BatchedTask, user_base),
-            dict(
-                batch_policy=policy,
-                batch_function=staticmethod(function) if function is not None else None,
-                model_class=model,
-                model_options=dict(model_options or {}),
-                max_sample_bytes=max_sample_bytes,
-                batch_queue=queue or task_name,
+    def declare(origin: Any, function: BatchFn[Any, Any] | None, task_name: str) -> BatchedTask[Any, Any]:
+        # type() builds the subclass a class statement would; type checkers cannot see through it.
+        base = cast(
+            "type[BatchedTask[Any, Any]]",
+            type(
+                "BatchedTask",
+                (BatchedTask,) if user_base is None else (BatchedTask, user_base),
+                dict(
+                    batch_policy=policy,
+                    batch_function=staticmethod(function) if function is not None else None,
+                    model_class=model,
+                    model_options=dict(model_options or {}),
+                    max_sample_bytes=max_sample_bytes,
+                    batch_queue=queue or task_name,
+                ),
             ),
         )
-        return app.task(name=task_name, base=base, bind=True, **task_options)(_one_sample_body(origin))
+        # With options as **kwargs no overload of app.task can be picked; this is the one that applies.
+        register: Callable[[Callable[..., Any]], BatchedTask[Any, Any]] = app.task(
+            name=task_name, base=base, bind=True, **task_options
+        )
+        return register(_one_sample_body(origin))
 
     if model is not None:
         return declare(model, None, name or f"{model.__module__}.{model.__name__}")
 
-    def decorator(function: F) -> BatchedTask:
+    def decorator(function: BatchFn[Any, Any], /) -> BatchedTask[Any, Any]:
         if not callable(function):
             raise ConfigurationError(f"@batched must decorate a function taking a list, got {function!r}")
         return declare(function, function, name or f"{function.__module__}.{function.__qualname__}")
@@ -183,7 +252,7 @@ def _remember_queue_options(sender: Any = None, instance: Any = None, options: A
 def _one_sample_body(origin: Any) -> Callable[..., Any]:
     """The body Celery registers: one sample; named and documented after ``origin``."""
 
-    def run(self: BatchedTask, sample: Any) -> Any:
+    def run(self: BatchedTask[Any, Any], sample: Any) -> Any:
         return self.run_one(sample)
 
     run.__name__ = origin.__name__

@@ -14,11 +14,12 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
-from .devices import WorkerSpec, plan_workers
 from ..errors import ConfigurationError
+from .devices import WorkerSpec, plan_workers
 from .launcher import RestartPolicy, Supervisor, with_device, with_threads, worker_command, worker_env
 
 # Log line format of the launcher itself (the workers use their own).

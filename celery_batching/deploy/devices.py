@@ -18,8 +18,8 @@ import logging
 import os
 import re
 import sys
+from collections.abc import Callable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Mapping, MutableMapping, Sequence
 
 from ..errors import ConfigurationError
 
@@ -216,7 +216,7 @@ def plan_workers(
     """
     gpu_list = list(gpus or [])
     _check_plan(gpu_list, per_gpu, cpu)
-    slots = [(gpu, i) for gpu in gpu_list for i in range(per_gpu)]
+    slots: list[tuple[int | None, int]] = [(gpu, i) for gpu in gpu_list for i in range(per_gpu)]
     slots += [(None, i) for i in range(cpu or 0)]
     total_cores = cores if cores is not None else _available_cores()
     threads = max(1, total_cores // len(slots))

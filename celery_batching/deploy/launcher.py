@@ -23,12 +23,12 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from types import FrameType
-from typing import Callable, Sequence
 
-from .devices import DEVICE_ENV, THREADS_ENV, VISIBLE_ENV, WorkerSpec, configure_threads, parse_device
 from ..errors import ConfigurationError
+from .devices import DEVICE_ENV, THREADS_ENV, VISIBLE_ENV, WorkerSpec, configure_threads, parse_device
 
 logger = logging.getLogger(__name__)
 
@@ -136,7 +136,7 @@ class _Worker:
     """One supervised slot of the plan: its process and restart history."""
 
     spec: WorkerSpec
-    proc: subprocess.Popen | None = None
+    proc: subprocess.Popen[bytes] | None = None
     restarts: list[float] = field(default_factory=list)
     due: float | None = None  # when a dead worker is to be started again
 
@@ -263,17 +263,17 @@ class Supervisor:
 
         A second SIGINT/SIGTERM to the launcher skips the wait.
         """
-        running = [w for w in self.workers if w.proc is not None and w.proc.poll() is None]
-        for worker in running:
-            logger.info("stopping worker %s pid %d (SIGTERM)", worker.spec.name, worker.proc.pid)
-            worker.proc.send_signal(signal.SIGTERM)
+        running = [(w.spec.name, w.proc) for w in self.workers if w.proc is not None and w.proc.poll() is None]
+        for name, proc in running:
+            logger.info("stopping worker %s pid %d (SIGTERM)", name, proc.pid)
+            proc.send_signal(signal.SIGTERM)
         deadline = self.clock() + self.shutdown_timeout
         requests = signals.stop_requests
         while running and self.clock() < deadline and signals.stop_requests == requests:
             signals.wait(deadline - self.clock())
-            running = [w for w in running if w.proc.poll() is None]
-        for worker in running:
-            logger.warning("worker %s pid %d did not stop in time; killing it", worker.spec.name, worker.proc.pid)
-            worker.proc.kill()
-            worker.proc.wait()
+            running = [(name, proc) for name, proc in running if proc.poll() is None]
+        for name, proc in running:
+            logger.warning("worker %s pid %d did not stop in time; killing it", name, proc.pid)
+            proc.kill()
+            proc.wait()
         logger.info("all workers stopped")

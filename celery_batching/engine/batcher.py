@@ -170,7 +170,7 @@ class Batcher:
             report = self.run_batch(batch)
             try:
                 self._on_done(report)
-            except Exception:  # noqa: BLE001 - keep serving; the feeder logs its own failures
+            except Exception:  # keep serving; the feeder logs its own failures
                 logger.exception("%s: handing over a finished batch failed", self.name)
 
     def run_batch(self, batch: list[Request]) -> BatchReport:

@@ -8,8 +8,11 @@ are no-ops here, so a hook overrides only what it needs.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from typing import Any
+
+logger = logging.getLogger(__name__)
 
 
 class BatchHooks:
@@ -40,7 +43,5 @@ def call_hooks(hooks: Sequence[BatchHooks], method: str, *args: Any) -> None:
     for hook in hooks:
         try:
             getattr(hook, method)(*args)
-        except Exception:  # noqa: BLE001 - observation must not break serving
-            import logging
-
-            logging.getLogger(__name__).exception("hook %r failed in %s", hook, method)
+        except Exception:  # observation must not break serving
+            logger.exception("hook %r failed in %s", hook, method)

@@ -9,7 +9,8 @@ worker was given.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any, Generic, Sequence, TypeVar
+from collections.abc import Sequence
+from typing import Any, Generic, TypeVar
 
 Sample = TypeVar("Sample")
 Output = TypeVar("Output")

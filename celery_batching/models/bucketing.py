@@ -9,7 +9,8 @@ outputs are put back in the caller's order, so the batch contract
 
 from __future__ import annotations
 
-from typing import Callable, Sequence, TypeVar
+from collections.abc import Callable, Sequence
+from typing import TypeVar
 
 from ..errors import BatchSizeMismatch, ConfigurationError
 

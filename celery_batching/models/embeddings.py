@@ -71,7 +71,8 @@ class MiniLMEmbedder(TextModel[list[float]]):
             weights = attention_mask.unsqueeze(-1).to(hidden.dtype)
             pooled = (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1e-9)
             embeddings = torch.nn.functional.normalize(pooled, p=2.0, dim=-1)
-        return embeddings.cpu().tolist()
+        vectors: list[list[float]] = embeddings.cpu().tolist()  # torch is untyped here
+        return vectors
 
 
 def _packaged_model_dir() -> Path:

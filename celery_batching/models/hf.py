@@ -6,8 +6,9 @@ imports a model class to declare its task and must not pay for torch.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 from ..errors import ModelLoadError
 
@@ -40,7 +41,7 @@ def load_pretrained(
         tokenizer = transformers.AutoTokenizer.from_pretrained(str(directory), local_files_only=True)
         model = getattr(transformers, auto_class).from_pretrained(str(directory), local_files_only=True)
         model.to(device=torch.device(device), dtype=getattr(torch, dtype))
-    except Exception as exc:  # noqa: BLE001 - any load failure must stop the worker with the reason
+    except Exception as exc:  # any load failure must stop the worker with the reason
         raise ModelLoadError(
             f"{model_name}: cannot load {auto_class} from {str(directory)!r} onto {device} ({dtype}): "
             f"{type(exc).__name__}: {exc}{suffix}"

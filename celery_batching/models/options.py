@@ -10,8 +10,9 @@ loads weights.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, fields
-from typing import Any, Mapping, TypeVar
+from typing import Any, TypeVar
 
 from ..errors import ConfigurationError
 

@@ -63,10 +63,7 @@ class TextModel(ManagedModel[str, Output]):
         if not batch:
             return []
         rows = token_ids(self.tokenizer, batch, self.settings.max_tokens)
-        if self.bucket:
-            buckets = plan_buckets([len(row) for row in rows])
-        else:
-            buckets = [list(range(len(rows)))]
+        buckets = plan_buckets([len(row) for row in rows]) if self.bucket else [list(range(len(rows)))]
         return map_buckets(rows, buckets, self.forward)
 
     @abstractmethod

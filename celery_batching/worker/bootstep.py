@@ -19,7 +19,8 @@ from ..client.backends import check_result_backend
 from ..client.task import QUEUE_OPTIONS_ATTR, BatchedTask
 from ..deploy.devices import resolve_device
 from ..engine.hooks import BatchHooks
-from ..errors import ModelLoadError
+from ..errors import ConfigurationError, ModelLoadError
+from ..models.base import ManagedModel
 from . import control
 from .consumer import BatchedQueueConsumer, QueueSpec
 from .metrics import start_metrics
@@ -27,11 +28,13 @@ from .metrics import start_metrics
 logger = logging.getLogger(__name__)
 
 
-def batched_tasks(app: Celery) -> list[BatchedTask]:
+def batched_tasks(app: Celery) -> list[BatchedTask[Any, Any]]:
     return sorted((t for t in app.tasks.values() if isinstance(t, BatchedTask)), key=lambda t: t.name)
 
 
-def select_served(tasks: list[BatchedTask], include: list[str], exclude: list[str]) -> list[BatchedTask]:
+def select_served(
+    tasks: list[BatchedTask[Any, Any]], include: list[str], exclude: list[str]
+) -> list[BatchedTask[Any, Any]]:
     """The batched tasks a worker started with ``-Q include -X exclude`` serves."""
     return [t for t in tasks if (not include or t.batch_queue in include) and t.batch_queue not in exclude]
 
@@ -57,7 +60,8 @@ class BatchingStep(bootsteps.StartStopStep):
     def include_if(self, worker: Any) -> bool:
         return bool(self.tasks)
 
-    def create(self, worker: Any) -> "BatchingStep":
+    # StartStopStep keeps what create() returns as its obj; celery-types types Step.create as returning None.
+    def create(self, worker: Any) -> BatchingStep:  # type: ignore[override]
         return self
 
     def start(self, worker: Any) -> None:
@@ -91,7 +95,7 @@ class BatchingStep(bootsteps.StartStopStep):
     def shutdown(self, worker: Any) -> None:
         self.stop(worker)
 
-    def _spec(self, app: Celery, task: BatchedTask) -> QueueSpec:
+    def _spec(self, app: Celery, task: BatchedTask[Any, Any]) -> QueueSpec:
         if task.model_class is None:
             predict, validate = task.batch_function, None
         else:
@@ -110,8 +114,11 @@ class BatchingStep(bootsteps.StartStopStep):
         )
 
 
-def load_model(app: Celery, task: BatchedTask) -> Any:
+def load_model(app: Celery, task: BatchedTask[Any, Any]) -> ManagedModel[Any, Any]:
     """Build, load and warm up ``task``'s model on this worker's device, or stop the worker."""
+    if task.model_class is None:
+        raise ConfigurationError(f"{task.name} has no model")
+    model_name = task.model_class.__name__
     device = resolve_device(app.conf.get("batching_device"))
     try:
         model = task.build_model(device)
@@ -122,9 +129,9 @@ def load_model(app: Celery, task: BatchedTask) -> Any:
                 raise ValueError(f"warm-up returned {len(outputs)} results for {len(warmup)} samples")
     except Exception as exc:
         raise ModelLoadError(
-            f"{task.name}: model {task.model_class.__name__} failed to load on {device}: {type(exc).__name__}: {exc}"
+            f"{task.name}: model {model_name} failed to load on {device}: {type(exc).__name__}: {exc}"
         ) from exc
-    logger.info("celery-batching: %s loaded %s on %s", task.name, task.model_class.__name__, device)
+    logger.info("celery-batching: %s loaded %s on %s", task.name, model_name, device)
     return model
 
 

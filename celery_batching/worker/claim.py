@@ -35,7 +35,7 @@ SCHEDULED_MESSAGES_SUFFIX = "scheduled_messages"
 
 
 def _lua(name: str) -> str:
-    return resources.files(__package__).joinpath("lua", name).read_text()
+    return resources.files(__package__).joinpath("lua").joinpath(name).read_text()  # one step at a time on 3.10
 
 
 @dataclass(frozen=True)

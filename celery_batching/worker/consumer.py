@@ -40,6 +40,7 @@ from celery.exceptions import SoftTimeLimitExceeded, TaskRevokedError, TimeLimit
 from celery.platforms import EX_FAILURE
 from celery.worker import state as worker_state
 from kombu.serialization import prepare_accept_content
+from kombu.transport.redis import Channel as RedisChannel
 
 from ..engine.batcher import Batcher, BatchReport, Outcome, PredictFn, Request
 from ..engine.hooks import BatchHooks, call_hooks
@@ -119,7 +120,7 @@ class BatchedQueueConsumer:
         self.hooks = list(hooks)
         self._connection = app.connection_for_read()
         channel = self._connection.default_channel
-        if not hasattr(channel, "client") or not hasattr(channel, "qos"):
+        if not isinstance(channel, RedisChannel):
             raise TypeError(f"celery-batching needs a Redis broker, not {self._connection.transport_cls!r}")
         self._kombu_channel = channel
         self._visibility_timeout = float(channel.visibility_timeout)
@@ -209,7 +210,7 @@ class BatchedQueueConsumer:
             except (redis.ConnectionError, redis.TimeoutError) as exc:
                 logger.warning("%s: Redis unavailable (%s); retrying", self.spec.queue, exc)
                 self._stopping.wait(RETRY_PAUSE_SECONDS)
-            except Exception:  # noqa: BLE001 - keep serving whatever happens
+            except Exception:  # keep serving whatever happens
                 logger.exception("%s: unexpected error while fetching", self.spec.queue)
                 self._stopping.wait(RETRY_PAUSE_SECONDS)
 
@@ -393,7 +394,7 @@ class BatchedQueueConsumer:
                     self._retry(lambda: self.writer.write(job.results), "store STARTED states")
                 else:
                     self._write(job)
-            except Exception:  # noqa: BLE001 - messages stay unacked and come back later
+            except Exception:  # messages stay unacked and come back later
                 logger.exception("%s: storing a batch failed; its messages stay unacknowledged", self.spec.queue)
 
     def _write(self, done: _Done) -> None:
@@ -432,7 +433,7 @@ class BatchedQueueConsumer:
                 lambda: self.events.batch_done(self.spec.task_name, received, done.started, done.runtime, results),
                 "send task events",
             )
-        except Exception:  # noqa: BLE001 - results are stored and acknowledged already
+        except Exception:  # results are stored and acknowledged already
             logger.exception("%s: sending the task events of a batch failed", self.spec.queue)
 
     def _guard_late(self, messages: list[TaskMessage], results: list[TaskResult]) -> list[TaskResult]:

@@ -60,11 +60,14 @@ class ResultWriter:
         self.backend = app.backend
         self.task_name = task_name
         self.app = app
-        self.serializer = self.backend.serializer
-        self._fast = isinstance(self.backend, RedisBackend)
-        if self._fast:
-            source = resources.files(__package__).joinpath("lua", "store_once.lua").read_text()
-            self._store_once = self.backend.client.register_script(source)
+        # Backend.__init__ sets both; celery-types leaves them out of Backend.
+        self.serializer: str = self.backend.serializer  # type: ignore[attr-defined]
+        self.expires: float | None = self.backend.expires  # type: ignore[attr-defined]
+        #: The backend when it is Redis: then a batch is one pipeline.
+        self._redis = self.backend if isinstance(self.backend, RedisBackend) else None
+        if self._redis is not None:
+            source = resources.files(__package__).joinpath("lua").joinpath("store_once.lua").read_text()
+            self._store_once = self._redis.client.register_script(source)
 
     def write(self, results: Sequence[TaskResult]) -> list[TaskResult]:
         """Store every result not ignored; returns them as stored.
@@ -74,15 +77,15 @@ class ResultWriter:
         returned that way.
         """
         date_done = self.app.now().isoformat()
-        encoded: list[tuple[TaskResult, str]] = []
+        encoded: list[tuple[TaskResult, str | bytes]] = []
         final: list[TaskResult] = []
         for result in results:
             result, payload = self._encode(result, date_done)
             final.append(result)
             if not result.ignore_result:
                 encoded.append((result, payload))
-        if self._fast:
-            self._write_redis(encoded)
+        if self._redis is not None:
+            self._write_redis(self._redis, encoded)
         else:
             for result, _ in encoded:
                 self._write_generic(result)
@@ -90,17 +93,18 @@ class ResultWriter:
 
     def already_final(self, task_ids: Sequence[str]) -> set[str]:
         """Which of ``task_ids`` already have a final result stored (one round trip on Redis)."""
-        if not self._fast:
+        if self._redis is None:
             return {task_id for task_id in task_ids if self.backend.get_state(task_id) in states.READY_STATES}
-        keys = [self.backend.get_key_for_task(task_id) for task_id in task_ids]
-        stored = self.backend.client.mget(keys)
+        keys = [self._redis.get_key_for_task(task_id) for task_id in task_ids]
+        stored = self._redis.client.mget(keys)
         return {
             task_id
             for task_id, raw in zip(task_ids, stored)
             if raw is not None and self.backend.decode_result(raw).get("status") in states.READY_STATES
         }
 
-    def _encode(self, result: TaskResult, date_done: str) -> tuple[TaskResult, str]:
+    def _encode(self, result: TaskResult, date_done: str) -> tuple[TaskResult, str | bytes]:
+        # The JSON serializer gives str, binary ones bytes (celery-types says bytes).
         try:
             return result, self.backend.encode(self._meta(result, date_done))
         except Exception as exc:  # noqa: BLE001 - any encoder error means "not serializable"
@@ -115,12 +119,13 @@ class ResultWriter:
         traceback = None
         if isinstance(value, BaseException):
             traceback = format_traceback(value) if result.state in _TRACEBACK_STATES else None
-            value = self.backend.prepare_exception(value, self.serializer)
+            # Celery prepares any BaseException (a task's SystemExit too); celery-types says Exception.
+            value = self.backend.prepare_exception(value, self.serializer)  # type: ignore[arg-type]
         if result.request is not None:
             meta = self.backend._get_result_meta(value, result.state, traceback, result.request)
             meta["task_id"] = result.task_id
             return meta
-        meta = {
+        meta: dict[str, Any] = {
             "status": result.state,
             "result": value,
             "traceback": traceback,
@@ -134,11 +139,10 @@ class ResultWriter:
             meta["parent_id"] = result.parent_id
         return meta
 
-    def _write_redis(self, encoded: list[tuple[TaskResult, str]]) -> None:
+    def _write_redis(self, backend: RedisBackend, encoded: list[tuple[TaskResult, str | bytes]]) -> None:
         if not encoded:
             return
-        backend = self.backend
-        ttl = int(backend.expires) if backend.expires else 0
+        ttl = int(self.expires) if self.expires else 0
         with backend.client.pipeline(transaction=False) as pipe:
             for result, payload in encoded:
                 key = backend.get_key_for_task(result.task_id)

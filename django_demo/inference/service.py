@@ -18,8 +18,7 @@ from typing import Any
 
 from asgiref.sync import sync_to_async
 from celery import Task
-from celery.exceptions import TaskRevokedError
-from celery.exceptions import TimeoutError as ResultTimeout
+from celery.exceptions import TaskRevokedError, TimeoutError as ResultTimeout
 from django.conf import settings
 from kombu.exceptions import OperationalError
 from redis.exceptions import RedisError
@@ -58,7 +57,7 @@ def run(job: Job) -> dict[str, Any]:
     results = _submit(job)
     try:
         values = gather(results, timeout=settings.DEMO_RESULT_TIMEOUT)
-    except Exception as exc:  # noqa: BLE001 - every failure is mapped to an answer
+    except Exception as exc:  # every failure is mapped to an answer
         raise _failure(job, [r.id for r in results], exc) from exc
     return _answer(job, values, started)
 
@@ -70,7 +69,7 @@ async def run_async(job: Job) -> dict[str, Any]:
     task_ids = await sync_to_async(_submit_ids, thread_sensitive=False)(job)
     try:
         values = await gather_async(app, task_ids, timeout=settings.DEMO_RESULT_TIMEOUT)
-    except Exception as exc:  # noqa: BLE001 - every failure is mapped to an answer
+    except Exception as exc:  # every failure is mapped to an answer
         raise _failure(job, task_ids, exc) from exc
     return _answer(job, values, started)
 
