@@ -364,7 +364,7 @@ def _streaming(new_decompressor: Callable[[], Any]) -> Callable[[bytes, int], by
 
     def decode(body: bytes, max_length: int) -> bytes:
         decompressor = new_decompressor()
-        output = decompressor.decompress(body, max_length)
+        output: bytes = decompressor.decompress(body, max_length)
         if len(output) < max_length and not decompressor.eof:
             raise _TruncatedStream("the compressed data is truncated")
         return output
@@ -382,21 +382,21 @@ def _bounded_decoders() -> dict[Callable[..., Any], Callable[[bytes, int], bytes
     }
     try:
         if sys.version_info >= (3, 14):
-            from compression import zstd  # type: ignore[import-not-found]
+            from compression import zstd
         else:
-            from backports import zstd  # type: ignore[import-not-found]
+            from backports import zstd
         decoders[zstd.decompress] = _streaming(zstd.ZstdDecompressor)
     except ImportError:
         pass
     try:
-        import brotli  # type: ignore[import-not-found]
+        import brotli  # type: ignore[import-untyped]  # ships no types
     except ImportError:
         brotli = None
     if brotli is not None and hasattr(brotli.Decompressor, "is_finished"):  # brotli >= 1.2 can bound its output
 
         def brotli_decode(body: bytes, max_length: int) -> bytes:
             decompressor = brotli.Decompressor()
-            output = decompressor.process(body, output_buffer_limit=max_length)
+            output: bytes = decompressor.process(body, output_buffer_limit=max_length)
             if len(output) < max_length and not decompressor.is_finished():
                 raise _TruncatedStream("the compressed data is truncated")
             return output

@@ -52,7 +52,7 @@ def test_float32_comes_back_exactly():
 
 def test_a_scalar_or_a_short_array_is_a_size_mismatch():
     for output in (np.float32(1.0), np.array(3.0), torch.tensor(2.0), np.zeros((2, 5))):
-        ((value, error),) = set(predict_isolated("t", lambda batch, o=output: as_rows(o), [1, 2, 3]))
+        ((_value, error),) = set(predict_isolated("t", lambda batch, o=output: as_rows(o), [1, 2, 3]))
         assert isinstance(error, BatchSizeMismatch)
 
 

@@ -17,7 +17,6 @@ from celery import chain, chord, group
 from celery.exceptions import ChordError
 
 from celery_batching import MalformedMessage
-
 from tests.fidelity import batch_sizes, seen
 from tests.servers import wait_until
 
@@ -121,8 +120,9 @@ def test_link_error_calls_both_errback_styles(canvas, start_worker, redis_server
     for result in (batched, ordinary):
         with pytest.raises(ValueError, match="negative: -1"):
             result.get(timeout=30)
-        wait_until(lambda r=result: [e["id"] for e in seen(client, "errback_old")].count(r.id), 30,
-                   "the old-style errback")
+        wait_until(
+            lambda r=result: [e["id"] for e in seen(client, "errback_old")].count(r.id), 30, "the old-style errback"
+        )
         new_style = [e for e in seen(client, "errback_new") if e["id"] == result.id]
         assert new_style == [{"what": "errback_new", "id": result.id, "exc": "ValueError", "has_traceback": True}]
 

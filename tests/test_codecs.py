@@ -31,7 +31,7 @@ from tests.fault_tools import load_app
 
 APP = "tests.apps.formats"
 # Every codec kombu registered here, by content type, and kombu's two aliases of the zlib format.
-CODECS = sorted(kombu_compression.encoders()) + ["zlib", "gzip"]
+CODECS = [*sorted(kombu_compression.encoders()), "zlib", "gzip"]
 PATHS = ["fast", "celery"]
 # A queue nobody serves: messages wait there to be looked at, then move to the task's queue.
 PARKED = "formats.parked"

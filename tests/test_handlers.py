@@ -15,10 +15,24 @@ from celery import states
 from tests.fidelity import batch_sizes, seen, story
 from tests.servers import wait_until
 
-SUCCESS_STORY = ["task_received", "task_prerun", "before_start", "on_success", "task_success", "after_return",
-                 "task_postrun"]
-FAILURE_STORY = ["task_received", "task_prerun", "before_start", "on_failure", "task_failure", "after_return",
-                 "task_postrun"]
+SUCCESS_STORY = [
+    "task_received",
+    "task_prerun",
+    "before_start",
+    "on_success",
+    "task_success",
+    "after_return",
+    "task_postrun",
+]
+FAILURE_STORY = [
+    "task_received",
+    "task_prerun",
+    "before_start",
+    "on_failure",
+    "task_failure",
+    "after_return",
+    "task_postrun",
+]
 
 
 @pytest.fixture
@@ -39,8 +53,9 @@ def test_signals_and_handlers_come_once_per_sample_in_celerys_order(canvas, star
         with pytest.raises(ValueError):
             result.get(timeout=30)
     client = redis_server.client(0)
-    wait_until(lambda: all(story(client, r.id)[-1:] == ["task_postrun"] for r in batched + ordinary), 10,
-               "every task_postrun")
+    wait_until(
+        lambda: all(story(client, r.id)[-1:] == ["task_postrun"] for r in batched + ordinary), 10, "every task_postrun"
+    )
     # Then each task, batched or not, went through the same steps in the same order
     for result in batched + ordinary + [ok_beside_failure]:
         assert story(client, result.id) == SUCCESS_STORY, result

@@ -28,15 +28,23 @@ def test_active_reserved_query_and_stats_list_batched_tasks(canvas, start_worker
     worker = start_worker("tests.apps.canvas", "--pool", "threads", "--concurrency", "2")
     client = redis_server.client(0)
     wait_until(lambda: client.llen("b_gated") == 0, 10, "the batch to be claimed")
-    wait_until(lambda: {t["id"] for t in (inspect(canvas, worker).active() or {}).get(worker.name, [])}
-               >= {r.id for r in running}, 20, "the running batch in inspect active")
+    wait_until(
+        lambda: (
+            {t["id"] for t in (inspect(canvas, worker).active() or {}).get(worker.name, [])} >= {r.id for r in running}
+        ),
+        20,
+        "the running batch in inspect active",
+    )
     waiting = [canvas.b_gated.delay(i) for i in (3, 4, 5)]
     ordinary = canvas.o_gated.delay(9)
     wait_until(lambda: client.llen("b_gated") == 0, 10, "the waiting tasks to be claimed")
 
     # When the worker is inspected
-    wait_until(lambda: ordinary.id in {t["id"] for t in inspect(canvas, worker).active()[worker.name]}, 20,
-               "the ordinary task to run")
+    wait_until(
+        lambda: ordinary.id in {t["id"] for t in inspect(canvas, worker).active()[worker.name]},
+        20,
+        "the ordinary task to run",
+    )
     active = inspect(canvas, worker).active()[worker.name]
     reserved = inspect(canvas, worker).reserved()[worker.name]
     queried = inspect(canvas, worker).query_task(*[r.id for r in running + waiting])[worker.name]
@@ -49,7 +57,9 @@ def test_active_reserved_query_and_stats_list_batched_tasks(canvas, start_worker
     assert by_id[running[0].id]["delivery_info"]["routing_key"] == "b_gated"
     assert {t["id"] for t in reserved} == {r.id for r in waiting}
     assert {task_id: state for task_id, (state, _) in queried.items()} == {
-        **{r.id: "active" for r in running}, **{r.id: "reserved" for r in waiting}}
+        **{r.id: "active" for r in running},
+        **{r.id: "reserved" for r in waiting},
+    }
     client.rpush("gate", *["go"] * 3)
     assert [r.get(timeout=30) for r in running + waiting] == [1, 2, 3, 4, 5]
     assert ordinary.get(timeout=30) == 9
@@ -63,8 +73,13 @@ def test_revoke_terminate_of_a_running_batched_task(canvas, start_worker, redis_
     doomed, spared = canvas.b_gated.delay(1), canvas.b_gated.delay(2)
     worker = start_worker("tests.apps.canvas")
     client = redis_server.client(0)
-    wait_until(lambda: {t["id"] for t in (inspect(canvas, worker).active() or {}).get(worker.name, [])}
-               == {doomed.id, spared.id}, 20, "the batch to run")
+    wait_until(
+        lambda: (
+            {t["id"] for t in (inspect(canvas, worker).active() or {}).get(worker.name, [])} == {doomed.id, spared.id}
+        ),
+        20,
+        "the batch to run",
+    )
     # When one task of the running batch is revoked with terminate=True
     canvas.app.control.revoke(doomed.id, terminate=True, reply=True, timeout=10, limit=1)
     client.rpush("gate", "go")

@@ -16,12 +16,12 @@ import re
 import subprocess
 import sys
 import tarfile
-import tomllib
 import venv
 import zipfile
 from pathlib import Path
 
 import pytest
+import tomllib
 
 from tests.servers import ROOT, stop_process, wait_until
 

@@ -10,7 +10,6 @@ from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
 
 from celery_batching import submit_many
 from tests.fidelity import batch_sizes
-from tests.servers import wait_until
 
 
 @pytest.fixture

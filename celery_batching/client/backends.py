@@ -13,6 +13,8 @@ and at worker start names the fix instead of failing at the first ``.delay()``.
 
 from __future__ import annotations
 
+from typing import Any
+
 from celery import Celery
 from celery.app.backends import by_url
 from celery.backends.rpc import RPCBackend
@@ -26,11 +28,12 @@ def result_backend_class(app: Celery) -> type | None:
 
     A backend Celery cannot load is left for Celery to report where it always does.
     """
-    backend = app.backend_cls or app.conf.result_backend
+    backend: Any = app.backend_cls or app.conf.result_backend  # a class, or its URL or alias
     if isinstance(backend, type):
         return backend
     try:
-        return by_url(backend, app.loader)[0]
+        cls: type = by_url(backend, app.loader)[0]  # type: ignore[index]  # it returns (class, url)
+        return cls
     except (ImportError, ImproperlyConfigured):
         return None
 

@@ -262,7 +262,7 @@ def _one_sample_body(origin: Any) -> Callable[..., Any]:
     return run
 
 
-def _user_base(base: Any) -> type[Task] | None:
+def _user_base(base: Any) -> type[Task[Any, Any]] | None:
     """A ``base=`` Task class whose handlers (``on_success``, ...) the batched task keeps."""
     if base is None:
         return None

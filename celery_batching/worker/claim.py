@@ -97,10 +97,10 @@ class RedisQueue:
         The set belongs to the queue, not to one worker: every worker of the
         queue sees the same list, and whichever has room when one falls due runs it.
         """
-        index = self.client.zrange(self.scheduled_key, 0, limit - 1, withscores=True)
+        index: list[tuple[bytes, float]] = self.client.zrange(self.scheduled_key, 0, limit - 1, withscores=True)  # type: ignore[assignment]  # redis-py's hint misses withscores
         if not index:
             return []
-        payloads = self.client.hmget(self.scheduled_messages_key, [tag for tag, _ in index])
+        payloads: list[bytes | None] = self.client.hmget(self.scheduled_messages_key, [tag for tag, _ in index])  # type: ignore[assignment]
         # A message claimed back between the two reads is simply no longer listed.
         return [
             Scheduled(tag.decode(), eta, payload) for (tag, eta), payload in zip(index, payloads) if payload is not None

@@ -331,7 +331,7 @@ class BatchedQueueConsumer:
             return
         try:
             started = self.tracer.before(messages, self._traced)
-        except Exception:  # noqa: BLE001 - the batch runs whatever an observer did
+        except Exception:
             logger.exception("%s: preparing a batch's tasks failed", self.spec.queue)
             return
         if started:
@@ -351,10 +351,12 @@ class BatchedQueueConsumer:
         logger.error(
             "%s: predict() ran past time_limit=%ss; its %d task(s) fail with TimeLimitExceeded and this worker "
             "stops for its supervisor to start a fresh one",
-            self.spec.task_name, seconds, len(messages),
+            self.spec.task_name,
+            seconds,
+            len(messages),
         )
         self.request_stop()
-        worker_state.should_stop = EX_FAILURE
+        worker_state.should_stop = EX_FAILURE  # type: ignore[assignment]  # an exit code, as Celery sets it
         deadline = threading.Timer(SHUTDOWN_WRITE_DEADLINE_SECONDS, os._exit, (EX_FAILURE,))
         deadline.daemon = True
         deadline.start()

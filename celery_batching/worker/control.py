@@ -27,7 +27,7 @@ from typing import Any
 
 from celery.utils.functional import maybe_list
 from celery.worker import state as worker_state
-from celery.worker.control import Panel, inspect_command, ok
+from celery.worker.control import Panel, inspect_command, ok  # type: ignore[attr-defined]  # ok is unstubbed
 
 from ..protocol import SERVING_COMMAND
 from .held import ACTIVE, RESERVED, HeldTasks

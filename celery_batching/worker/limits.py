@@ -29,15 +29,22 @@ Result = TypeVar("Result")
 
 def _raise_in(thread_id: int, exception: type[BaseException] | None) -> None:
     """Make ``exception`` pending in thread ``thread_id`` (``None`` clears a pending one)."""
-    ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread_id), ctypes.py_object(exception) if exception
-                                               else ctypes.c_void_p(0))
+    ctypes.pythonapi.PyThreadState_SetAsyncExc(
+        ctypes.c_ulong(thread_id), ctypes.py_object(exception) if exception else ctypes.c_void_p(0)
+    )
 
 
 class PredictLimits:
     """Watches one predict call at a time."""
 
-    def __init__(self, task_name: str, soft: float | None, hard: float | None,
-                 on_hard_limit: Callable[[float], None], clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        task_name: str,
+        soft: float | None,
+        hard: float | None,
+        on_hard_limit: Callable[[float], None],
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.task_name = task_name
         self.soft = soft
         self.hard = hard
@@ -89,4 +96,3 @@ def time_limits(task: Any, app: Any) -> tuple[float | None, float | None]:
     soft = task.soft_time_limit or app.conf.task_soft_time_limit
     hard = task.time_limit or app.conf.task_time_limit
     return (float(soft) if soft else None, float(hard) if hard else None)
-

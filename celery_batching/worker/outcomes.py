@@ -30,23 +30,26 @@ import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from billiard.einfo import ExceptionInfo
 from celery import Celery, Task, group, signals, states
-from celery._state import _task_stack  # the stack Celery's tracer pushes a running task on
+from celery._state import _task_stack  # type: ignore[attr-defined]  # the stack Celery's tracer pushes a task on
 from celery.app.task import Context
 from celery.app.trace import task_has_custom
-from celery.canvas import maybe_signature
 from celery.backends.redis import RedisBackend
+from celery.canvas import maybe_signature
 from celery.exceptions import ChordError, Retry
 from celery.utils.time import get_exponential_backoff_interval
 from celery.worker.request import Request
 from kombu.message import Message
-from billiard.einfo import ExceptionInfo
 
 from ..errors import MalformedMessage
 from ..protocol import TaskMessage
 from .results import TaskResult
+
+if TYPE_CHECKING:
+    from celery.canvas import CallableSignature  # celery-types' name for any signature
 
 logger = logging.getLogger(__name__)
 
@@ -75,7 +78,7 @@ class Settled:
 class TaskTracer:
     """Celery's per-task steps for one batched task, applied to whole batches."""
 
-    def __init__(self, app: Celery, task: Task, hostname: str, consumer: Any = None) -> None:
+    def __init__(self, app: Celery, task: Task[Any, Any], hostname: str, consumer: Any = None) -> None:
         self.app = app
         self.task = task
         self.hostname = hostname
@@ -133,13 +136,22 @@ class TaskTracer:
             if message.task_id is None or message.error is not None:
                 continue
             kombu_message = Message(
-                body=None, delivery_tag=message.claimed.tag, content_type=message.content_type,
-                content_encoding=message.content_encoding, delivery_info=message.properties.get("delivery_info"),
-                properties=message.properties, headers=message.headers,
+                body=None,
+                delivery_tag=message.claimed.tag,
+                content_type=message.content_type,
+                content_encoding=message.content_encoding,
+                delivery_info=message.properties.get("delivery_info"),
+                properties=message.properties,
+                headers=message.headers,
             )
             request = Request(
-                kombu_message, app=self.app, hostname=self.hostname, task=self.task,
-                body=([message.sample], {}, message.embed), headers=message.headers, decoded=True,
+                kombu_message,
+                app=self.app,
+                hostname=self.hostname,
+                task=self.task,
+                body=([message.sample], {}, message.embed),
+                headers=message.headers,
+                decoded=True,
             )
             self._guarded("task_received", signals.task_received.send, sender=self.consumer, request=request)
 
@@ -160,9 +172,11 @@ class TaskTracer:
     def started_result(self, message: TaskMessage, trace: Traced) -> TaskResult:
         """The STARTED record Celery writes with ``task_track_started``."""
         return TaskResult(
-            task_id=message.task_id or "", state=states.STARTED,
+            task_id=message.task_id or "",
+            state=states.STARTED,
             value={"pid": self.pid, "hostname": self.hostname},
-            store_once=message.redelivered, request=trace.request,
+            store_once=message.redelivered,
+            request=trace.request,
         )
 
     def _prerun(self, message: TaskMessage, trace: Traced) -> None:
@@ -170,8 +184,15 @@ class TaskTracer:
         try:
             trace.prerun = True
             if signals.task_prerun.receivers:
-                self._guarded("task_prerun", signals.task_prerun.send, sender=self.task, task_id=message.task_id,
-                              task=self.task, args=[message.sample], kwargs={})
+                self._guarded(
+                    "task_prerun",
+                    signals.task_prerun.send,
+                    sender=self.task,
+                    task_id=message.task_id,
+                    task=self.task,
+                    args=[message.sample],
+                    kwargs={},
+                )
             handler = self.handlers.get("before_start")
             if handler is not None:
                 self._guarded("before_start", handler, message.task_id, [message.sample], {})
@@ -180,8 +201,9 @@ class TaskTracer:
 
     # -- after the batch (writer thread) -------------------------------------
 
-    def settle(self, messages: Sequence[TaskMessage], results: Sequence[TaskResult],
-               traced: dict[int, Traced]) -> Settled:
+    def settle(
+        self, messages: Sequence[TaskMessage], results: Sequence[TaskResult], traced: dict[int, Traced]
+    ) -> Settled:
         """Retries and callbacks, before the results are stored (Celery's order)."""
         settled = Settled(list(results))
         for index, (message, result) in enumerate(zip(messages, results)):
@@ -222,32 +244,62 @@ class TaskTracer:
             if request.chord and not self._chord_can_complete(request):
                 request.chord = None  # its body was failed instead: there is nothing left to count
             if result.state == states.SUCCESS:
-                self._backend_step("chord", task.backend.mark_as_done, message.task_id, result.value,
-                                   request=request, store_result=False)
+                self._backend_step(
+                    "chord",
+                    task.backend.mark_as_done,
+                    message.task_id,
+                    result.value,
+                    request=request,
+                    store_result=False,
+                )
                 self._handler("on_success", result.value, message.task_id, args, {})
                 if signals.task_success.receivers:
-                    self._guarded("task_success", signals.task_success.send, sender=task, result=result.value,
-                                  runtime=runtime)
+                    self._guarded(
+                        "task_success", signals.task_success.send, sender=task, result=result.value, runtime=runtime
+                    )
             elif result.state == states.RETRY:
                 einfo = _einfo(result.value)
                 self._handler("on_retry", result.value, message.task_id, args, {}, einfo)
                 if signals.task_retry.receivers:
-                    self._guarded("task_retry", signals.task_retry.send, sender=task, request=request,
-                                  reason=retry, einfo=einfo)
+                    self._guarded(
+                        "task_retry", signals.task_retry.send, sender=task, request=request, reason=retry, einfo=einfo
+                    )
             elif result.state == states.REVOKED:
-                self._backend_step("chord", task.backend.mark_as_revoked, message.task_id, str(result.value),
-                                   request=request, store_result=False)
+                self._backend_step(
+                    "chord",
+                    task.backend.mark_as_revoked,
+                    message.task_id,
+                    str(result.value),
+                    request=request,
+                    store_result=False,
+                )
                 if signals.task_revoked.receivers:
                     reason = str(result.value)
-                    self._guarded("task_revoked", signals.task_revoked.send, sender=task, request=request,
-                                  terminated=reason == "terminated", signum=None, expired=reason == "expired")
+                    self._guarded(
+                        "task_revoked",
+                        signals.task_revoked.send,
+                        sender=task,
+                        request=request,
+                        terminated=reason == "terminated",
+                        signum=None,
+                        expired=reason == "expired",
+                    )
             else:
                 self._fail(message, trace, result, args)
             if result.state not in (states.RETRY, states.REVOKED):
                 self._handler("after_return", result.state, result.value, message.task_id, args, {}, None)
             if trace.prerun and signals.task_postrun.receivers:
-                self._guarded("task_postrun", signals.task_postrun.send, sender=task, task_id=message.task_id,
-                              task=task, args=args, kwargs={}, retval=result.value, state=result.state)
+                self._guarded(
+                    "task_postrun",
+                    signals.task_postrun.send,
+                    sender=task,
+                    task_id=message.task_id,
+                    task=task,
+                    args=args,
+                    kwargs={},
+                    retval=result.value,
+                    state=result.state,
+                )
         finally:
             task.request_stack.pop()
 
@@ -259,10 +311,10 @@ class TaskTracer:
         """
         backend = self.task.backend
         if not isinstance(backend, RedisBackend) or backend.client.exists(
-            backend.get_key_for_group(request.group, ".s")
+            backend.get_key_for_group(request.group or "", ".s")
         ):
             return True
-        callback = maybe_signature(request.chord, app=self.app)
+        callback = self._signature(request.chord)
         try:  # raised, so that Celery's chord_error_from_stack finds it on the stack, as it expects
             raise ChordError(
                 f"chord {request.group}: its counter is gone from the result backend (expired or deleted), "
@@ -276,12 +328,29 @@ class TaskTracer:
         """Celery's failure steps: chord, failed chain, errbacks, ``on_failure``, ``task_failure``."""
         task, exc = self.task, result.value
         einfo = _einfo(exc)
-        self._backend_step("failure", task.backend.mark_as_failure, message.task_id, exc, einfo.traceback,
-                           request=trace.request, store_result=False, call_errbacks=True)
+        self._backend_step(
+            "failure",
+            task.backend.mark_as_failure,
+            message.task_id,
+            exc,
+            einfo.traceback,
+            request=trace.request,
+            store_result=False,
+            call_errbacks=True,
+        )
         self._handler("on_failure", exc, message.task_id, args, {}, einfo)
         if signals.task_failure.receivers:
-            self._guarded("task_failure", signals.task_failure.send, sender=task, task_id=message.task_id,
-                          exception=exc, args=args, kwargs={}, traceback=exc.__traceback__, einfo=einfo)
+            self._guarded(
+                "task_failure",
+                signals.task_failure.send,
+                sender=task,
+                task_id=message.task_id,
+                exception=exc,
+                args=args,
+                kwargs={},
+                traceback=exc.__traceback__,
+                einfo=einfo,
+            )
 
     def _maybe_retry(self, message: TaskMessage, trace: Traced, exc: BaseException) -> Retry | None:
         """``autoretry_for``: re-send this sample alone with its countdown, as Celery's wrapper does."""
@@ -296,7 +365,8 @@ class TaskTracer:
         retry_backoff = float(getattr(task, "retry_backoff", False) or 0)
         if retry_backoff:
             options["countdown"] = get_exponential_backoff_interval(
-                factor=int(max(1.0, retry_backoff)), retries=trace.request.retries or 0,
+                factor=int(max(1.0, retry_backoff)),
+                retries=trace.request.retries or 0,
                 maximum=int(getattr(task, "retry_backoff_max", 600)),
                 full_jitter=getattr(task, "retry_jitter", True),
             )
@@ -312,15 +382,17 @@ class TaskTracer:
         """``link`` callbacks and the next chain step get the result, as Celery sends them."""
         request = trace.request
         root_id = request.root_id or message.task_id
-        priority = request.delivery_info.get("priority") if self.app.conf.task_inherit_parent_priority else None
+        inherit = self.app.conf.task_inherit_parent_priority
+        priority = (request.delivery_info or {}).get("priority") if inherit else None
         with self._running(request):
             return self._apply_callbacks(message, request, value, root_id, priority)
 
-    def _apply_callbacks(self, message: TaskMessage, request: Context, value: Any, root_id: str | None,
-                         priority: Any) -> BaseException | None:
+    def _apply_callbacks(
+        self, message: TaskMessage, request: Context, value: Any, root_id: str | None, priority: Any
+    ) -> BaseException | None:
         try:
             callbacks = request.callbacks or []
-            signatures = [maybe_signature(callback, app=self.app) for callback in callbacks]
+            signatures = [self._signature(callback) for callback in callbacks]
             groups = [sig for sig in signatures if isinstance(sig, group)]
             singles = [sig for sig in signatures if not isinstance(sig, group)]
             for group_ in groups:
@@ -328,13 +400,15 @@ class TaskTracer:
             if len(singles) == 1:
                 singles[0].apply_async((value,), parent_id=message.task_id, root_id=root_id, priority=priority)
             elif singles:
-                group(singles, app=self.app).apply_async((value,), parent_id=message.task_id, root_id=root_id,
-                                                         priority=priority)
+                group(singles, app=self.app).apply_async(
+                    (value,), parent_id=message.task_id, root_id=root_id, priority=priority
+                )
             chain = request.chain
             if chain:
-                following = maybe_signature(chain[-1], app=self.app)
-                following.apply_async((value,), chain=chain[:-1], parent_id=message.task_id, root_id=root_id,
-                                      priority=priority)
+                following = self._signature(chain[-1])
+                following.apply_async(
+                    (value,), chain=chain[:-1], parent_id=message.task_id, root_id=root_id, priority=priority
+                )
         except Exception as exc:  # noqa: BLE001 - a callback that cannot be sent fails its task
             return MalformedMessage(
                 f"{self.task.name}[{message.task_id}]: cannot send the task's callbacks or next chain step "
@@ -343,6 +417,13 @@ class TaskTracer:
         return None
 
     # -- helpers ------------------------------------------------------------
+
+    def _signature(self, embedded: Any) -> CallableSignature:
+        """A signature of the message's canvas (a dict on the wire; celery-types calls these fields str)."""
+        signature = maybe_signature(embedded, app=self.app)
+        if signature is None:
+            raise MalformedMessage(f"{self.task.name}: an empty signature in the message's canvas")
+        return signature
 
     @contextmanager
     def _running(self, request: Context) -> Iterator[None]:
@@ -373,7 +454,7 @@ class TaskTracer:
     def _guarded(self, what: str, call: Any, *args: Any, **kwargs: Any) -> Any:
         try:
             return call(*args, **kwargs)
-        except Exception:  # noqa: BLE001 - as in Celery's tracer: the outcome stands, the error is logged
+        except Exception:
             logger.exception("%s: %s raised", self.task.name, what)
             return None
 
@@ -386,4 +467,3 @@ def _einfo(exc: BaseException) -> ExceptionInfo:
 def new_trace(tracer: TaskTracer, message: TaskMessage) -> Traced:
     """A sample's trace: its request, in a context copied from this thread's."""
     return Traced(tracer.request(message), contextvars.copy_context())
-

@@ -122,9 +122,12 @@ class ResultWriter:
             # Celery prepares any BaseException (a task's SystemExit too); celery-types says Exception.
             value = self.backend.prepare_exception(value, self.serializer)  # type: ignore[arg-type]
         if result.request is not None:
-            meta = self.backend._get_result_meta(value, result.state, traceback, result.request)
-            meta["task_id"] = result.task_id
-            return meta
+            # The backend's own record of a task, extended fields included (not in celery-types' stubs).
+            extended: dict[str, Any] = self.backend._get_result_meta(  # type: ignore[attr-defined]
+                value, result.state, traceback, result.request
+            )
+            extended["task_id"] = result.task_id
+            return extended
         meta: dict[str, Any] = {
             "status": result.state,
             "result": value,
@@ -160,5 +163,6 @@ class ResultWriter:
 
     def _write_generic(self, result: TaskResult) -> None:
         traceback = format_traceback(result.value) if result.state in _TRACEBACK_STATES else None
-        self.backend.store_result(result.task_id, result.value, result.state, traceback=traceback,
-                                  request=result.request)
+        self.backend.store_result(
+            result.task_id, result.value, result.state, traceback=traceback, request=result.request
+        )

@@ -121,7 +121,8 @@ class ArrivalWatch:
                         self._clients[key], self._ids[key] = client, client_id
                 if not self._idle.wait(BLOCK_SECONDS) or self._stopping.is_set():
                     continue
-                if client.blmove(key, key, BLOCK_SECONDS, "RIGHT", "RIGHT") is not None:
+                # Redis takes fractional seconds here; redis-py's hint says int.
+                if client.blmove(key, key, BLOCK_SECONDS, "RIGHT", "RIGHT") is not None:  # type: ignore[arg-type]
                     self._idle.clear()  # the fetcher claims; block again once it is idle again
                     self._arrived.set()
             except Exception as exc:  # a watcher must outlive any error

@@ -49,8 +49,7 @@ class Recorded(Task):
         record("on_success", task=self.name, id=task_id, retval=retval, args=args)
 
     def on_failure(self, exc, task_id, args, kwargs, einfo):
-        record("on_failure", task=self.name, id=task_id, exc=type(exc).__name__, args=args,
-               einfo=type(einfo).__name__)
+        record("on_failure", task=self.name, id=task_id, exc=type(exc).__name__, args=args, einfo=type(einfo).__name__)
 
     def on_retry(self, exc, task_id, args, kwargs, einfo):
         record("on_retry", task=self.name, id=task_id, exc=type(exc).__name__)
@@ -181,8 +180,7 @@ def o_total(values: list[int]) -> int:
 @app.task(name="o_ids", bind=True)
 def o_ids(self: Task, value: object) -> dict:
     """Reports the ids Celery gave it: a chain's last step shows parent_id and root_id."""
-    return {"value": value, "id": self.request.id, "parent_id": self.request.parent_id,
-            "root_id": self.request.root_id}
+    return {"value": value, "id": self.request.id, "parent_id": self.request.parent_id, "root_id": self.request.root_id}
 
 
 @app.task(name="errback_new")
@@ -214,8 +212,16 @@ def _failing(task: str, sample: str) -> bool:
     return sample.startswith("fail:") and int(_redis.get(f"attempts:{task}:{sample}") or 0) <= int(sample[5:])
 
 
-@batched(app, max_batch_size=32, name="b_flaky", base=CountsAttempts, autoretry_for=(Flaky,), max_retries=2,
-         retry_backoff=False, default_retry_delay=0)
+@batched(
+    app,
+    max_batch_size=32,
+    name="b_flaky",
+    base=CountsAttempts,
+    autoretry_for=(Flaky,),
+    max_retries=2,
+    retry_backoff=False,
+    default_retry_delay=0,
+)
 def b_flaky(batch: list[str]) -> list[str]:
     """Samples "fail:N" fail their first N attempts with Flaky; others succeed at once."""
     record("batch", task="b_flaky", size=len(batch))
@@ -225,8 +231,14 @@ def b_flaky(batch: list[str]) -> list[str]:
     return [sample.upper() for sample in batch]
 
 
-@app.task(name="o_flaky", base=CountsAttempts, autoretry_for=(Flaky,), max_retries=2, retry_backoff=False,
-          default_retry_delay=0)
+@app.task(
+    name="o_flaky",
+    base=CountsAttempts,
+    autoretry_for=(Flaky,),
+    max_retries=2,
+    retry_backoff=False,
+    default_retry_delay=0,
+)
 def o_flaky(sample: str) -> str:
     if _failing("o_flaky", sample):
         raise Flaky(sample)

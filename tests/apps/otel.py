@@ -22,12 +22,17 @@ class RecordingExporter(InMemorySpanExporter):
 
     def export(self, spans):
         for span in spans:
-            _redis.rpush("spans", json.dumps({
-                "name": span.name,
-                "span_id": span.context.span_id,
-                "parent_id": span.parent.span_id if span.parent else None,
-                "attributes": {key: str(value) for key, value in span.attributes.items()},
-            }))
+            _redis.rpush(
+                "spans",
+                json.dumps(
+                    {
+                        "name": span.name,
+                        "span_id": span.context.span_id,
+                        "parent_id": span.parent.span_id if span.parent else None,
+                        "attributes": {key: str(value) for key, value in span.attributes.items()},
+                    }
+                ),
+            )
         return super().export(spans)
 
 
