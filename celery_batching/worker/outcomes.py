@@ -49,7 +49,7 @@ from ..protocol import TaskMessage
 from .results import TaskResult
 
 if TYPE_CHECKING:
-    from celery.canvas import CallableSignature  # celery-types' name for any signature
+    from celery.utils.abstract import CallableSignature  # celery-types: any signature
 
 logger = logging.getLogger(__name__)
 
