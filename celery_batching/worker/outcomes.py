@@ -30,7 +30,7 @@ import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any
+from typing import Any, cast
 
 from billiard.einfo import ExceptionInfo
 from celery import Celery, Task, group, signals, states
@@ -38,7 +38,7 @@ from celery._state import _task_stack  # type: ignore[attr-defined]  # the stack
 from celery.app.task import Context
 from celery.app.trace import task_has_custom
 from celery.backends.redis import RedisBackend
-from celery.canvas import maybe_signature
+from celery.canvas import Signature, maybe_signature
 from celery.exceptions import ChordError, Retry
 from celery.utils.time import get_exponential_backoff_interval
 from celery.worker.request import Request
@@ -47,9 +47,6 @@ from kombu.message import Message
 from ..errors import MalformedMessage
 from ..protocol import TaskMessage
 from .results import TaskResult
-
-if TYPE_CHECKING:
-    from celery.utils.abstract import CallableSignature  # celery-types: any signature
 
 logger = logging.getLogger(__name__)
 
@@ -418,12 +415,12 @@ class TaskTracer:
 
     # -- helpers ------------------------------------------------------------
 
-    def _signature(self, embedded: Any) -> CallableSignature:
+    def _signature(self, embedded: Any) -> Signature[Any]:
         """A signature of the message's canvas (a dict on the wire; celery-types calls these fields str)."""
         signature = maybe_signature(embedded, app=self.app)
         if signature is None:
             raise MalformedMessage(f"{self.task.name}: an empty signature in the message's canvas")
-        return signature
+        return cast("Signature[Any]", signature)  # a Signature, or a group (a Signature subclass)
 
     @contextmanager
     def _running(self, request: Context) -> Iterator[None]:
