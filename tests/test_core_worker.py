@@ -176,3 +176,22 @@ def test_autoretry_alone_retries_without_handlers_or_signal_receivers(basic, sta
     with pytest.raises(basic.Transient):
         result.get(timeout=30)
     assert redis_server.client(0).lrange("attempts", 0, -1) == [b"x"] * 3
+
+
+def test_cold_shutdown_gives_unstarted_messages_back_at_once(basic, start_worker, redis_server):
+    import signal
+
+    # Given a worker running a gated batch, with three more messages claimed behind it
+    worker = start_worker("tests.apps.basic")
+    client, queue = redis_server.client(0), basic.gated.batch_queue
+    running = basic.gated.delay("first")
+    wait_until(lambda: client.llen(queue) == 0 and client.hlen("unacked") == 1, 10, "the first batch to run")
+    submit_many(basic.gated, ["a", "b", "c"])
+    wait_until(lambda: client.llen(queue) == 0 and client.hlen("unacked") == 4, 10, "the rest to be claimed")
+    # When the worker is shut down cold (SIGQUIT), its batch still stuck
+    worker.signal(signal.SIGQUIT)
+    worker.wait(30)
+    # Then the three unstarted messages are back in the queue, and only the running one awaits its restore
+    assert client.llen(queue) == 3
+    assert client.hlen("unacked") == 1
+    assert not running.ready()

@@ -60,10 +60,6 @@ class BatchingStep(bootsteps.StartStopStep):
     def include_if(self, worker: Any) -> bool:
         return bool(self.tasks)
 
-    # StartStopStep keeps what create() returns as its obj; celery-types types Step.create as returning None.
-    def create(self, worker: Any) -> BatchingStep:  # type: ignore[override]
-        return self
-
     def start(self, worker: Any) -> None:
         # Again here: the backend may have been configured after the tasks were declared.
         check_result_backend(worker.app, f"worker {worker.hostname}")
@@ -94,6 +90,17 @@ class BatchingStep(bootsteps.StartStopStep):
 
     def shutdown(self, worker: Any) -> None:
         self.stop(worker)
+
+    def terminate(self, worker: Any) -> None:
+        """Cold shutdown: give unstarted messages back at once, wait for no batch.
+
+        A running batch's messages stay unacknowledged and come back after the
+        visibility timeout, as an ordinary task's do when its worker is killed.
+        """
+        for consumer in self.consumers:
+            consumer.request_stop()
+        while self.consumers:
+            self.consumers.pop().terminate()
 
     def _spec(self, app: Celery, task: BatchedTask[Any, Any]) -> QueueSpec:
         if task.model_class is None:

@@ -190,6 +190,12 @@ class BatchedQueueConsumer:
         self.events.close()
         self._connection.release()
 
+    def terminate(self) -> None:
+        """Cold shutdown: stop claiming and give the unstarted messages back; the running batch is left."""
+        self.request_stop()
+        self.watch.stop()
+        self._give_back(self.batcher.stop(timeout=0))
+
     def _give_back(self, unstarted: list[Request]) -> None:
         if unstarted:
             returned = self._retry(
