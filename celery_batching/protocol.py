@@ -42,6 +42,7 @@ from kombu.serialization import dumps, loads
 from kombu.utils.json import dumps as json_dumps
 from kombu.utils.uuid import uuid
 
+from . import fastjson
 from .errors import (
     BatchingError,
     CompressionError,
@@ -179,8 +180,13 @@ class TaskMessage:
 class MessageDecoder:
     """Turns raw payloads of one batched queue into :class:`TaskMessage` s."""
 
-    def __init__(self, task_name: str, queue: str, accept: set[str], max_sample_bytes: int | None) -> None:
+    def __init__(
+        self, task_name: str, queue: str, accept: set[str], max_sample_bytes: int | None, fast_json: bool = False
+    ) -> None:
         self.task_name = task_name
+        # orjson for the envelope and JSON bodies (same decoded values as json/kombu), when asked.
+        self._loads_envelope = fastjson.loads_plain if fast_json else json.loads
+        self._fast_body = fast_json and (accept is None or fastjson.JSON_CONTENT_TYPE in accept)
         self.queue = queue
         self.accept = accept
         self.max_sample_bytes = max_sample_bytes
@@ -188,7 +194,7 @@ class MessageDecoder:
     def decode(self, claimed: Claimed) -> TaskMessage:
         message = TaskMessage(claimed)
         try:
-            outer = json.loads(claimed.payload)
+            outer = self._loads_envelope(claimed.payload)
             if not isinstance(outer, dict):
                 raise ValueError(f"a JSON {type(outer).__name__}, not an object")
         except ValueError as exc:
@@ -264,7 +270,11 @@ class MessageDecoder:
             raw = decompress_body(self.task_name, raw, codec, self.max_sample_bytes)
         content_type = outer.get("content-type")
         try:
-            body = loads(raw, content_type, outer.get("content-encoding", "utf-8"), accept=self.accept)
+            encoding = outer.get("content-encoding", "utf-8")
+            if self._fast_body and content_type == fastjson.JSON_CONTENT_TYPE and encoding == "utf-8":
+                body = fastjson.loads(raw)
+            else:
+                body = loads(raw, content_type, encoding, accept=self.accept)
         except ContentDisallowed as exc:
             raise MalformedMessage(
                 f"{self.task_name}: content type {content_type!r} is refused; this worker "
