@@ -125,6 +125,14 @@ SYSTEMS: dict[str, System] = {
             uses_redis=True,
         ),
         System(
+            "ours_single_replies",
+            "celery-batching batched task, one reply message per task (batching_batch_replies=False)",
+            "main",
+            celery_app="benchmarks.apps.ours_single_replies",
+            scalable=True,
+            uses_redis=True,
+        ),
+        System(
             "ours_celery_client",
             "celery-batching batched task, Celery's client path (batching_fast_client=False)",
             "main",

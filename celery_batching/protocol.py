@@ -58,12 +58,22 @@ SENT_AT_HEADER = "batching_sent_at"
 REPLY_HEADER = "batching_reply_to"
 #: Every reply channel starts with this; a worker publishes to no other channel.
 CHANNEL_PREFIX = "celery-batching-reply-"
+#: A reply channel whose listener also takes one JSON array of results per message (a batch's
+#: results for that process, one PUBLISH). The marker rides in the channel's name, so a worker
+#: batches only for listeners that said they read arrays, and an older worker still publishes
+#: one result per message there (it sees an ordinary reply channel): safe in a rolling upgrade.
+BATCH_CHANNEL_PREFIX = CHANNEL_PREFIX + "b-"
 #: The remote-control command a worker answers with the batched queues it serves.
 SERVING_COMMAND = "batched_queues"
 # How much of an unreadable payload to quote in an error message.
 _QUOTE_BYTES = 80
 # The canvas fields of a protocol 2 body's embed that the worker acts on.
 _EMBED_FIELDS = ("callbacks", "errbacks", "chain", "chord")
+
+
+def takes_batches(channel: str) -> bool:
+    """Whether the listener on a reply channel reads one array of results per message."""
+    return channel.startswith(BATCH_CHANNEL_PREFIX)
 
 
 def is_reply_channel(value: Any) -> bool:

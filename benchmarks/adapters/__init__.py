@@ -25,6 +25,7 @@ ADAPTERS = {
     "ours": "celery_tasks:OursAdapter",
     "ours_celery_client": "celery_tasks:OursCeleryClientAdapter",
     "ours_kombu_json": "celery_tasks:OursKombuJsonAdapter",
+    "ours_single_replies": "celery_tasks:OursSingleRepliesAdapter",
     "ours_local": "inprocess:OursLocalAdapter",
 }
 

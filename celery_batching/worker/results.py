@@ -21,6 +21,7 @@ from celery.backends.redis import RedisBackend
 
 from .. import fastjson
 from ..errors import ResultNotSerializable
+from ..protocol import takes_batches
 
 
 @dataclass
@@ -65,6 +66,8 @@ class ResultWriter:
         self._fast = isinstance(self.backend, RedisBackend)
         # orjson for JSON records (same decoded value, a fraction of the time); else the backend's encoder.
         self._encode_meta = fastjson.dumps if fastjson.serves_backend(self.backend) else self.backend.encode
+        # JSON records can be joined into one array per reply channel; other serializers' cannot.
+        self._joinable = self.serializer == "json"
         if self._fast:
             source = resources.files(__package__).joinpath("lua", "store_once.lua").read_text()
             self._store_once = self.backend.client.register_script(source)
@@ -142,6 +145,7 @@ class ResultWriter:
             return
         backend = self.backend
         ttl = int(backend.expires) if backend.expires else 0
+        replies: dict[str, list[str | bytes]] = {}
         with backend.client.pipeline(transaction=False) as pipe:
             for result, payload in encoded:
                 key = backend.get_key_for_task(result.task_id)
@@ -153,11 +157,21 @@ class ResultWriter:
                 else:
                     pipe.set(key, payload)
                 pipe.publish(key, payload)
-                if result.reply_channel:
-                    pipe.publish(result.reply_channel, payload)
+                channel = result.reply_channel
+                if channel and self._joinable and takes_batches(channel):
+                    replies.setdefault(channel, []).append(payload)
+                elif channel:
+                    pipe.publish(channel, payload)
+            for channel, payloads in replies.items():
+                pipe.publish(channel, payloads[0] if len(payloads) == 1 else _json_array(payloads))
             pipe.execute()
 
     def _write_generic(self, result: TaskResult) -> None:
         traceback = format_traceback(result.value) if result.state in _TRACEBACK_STATES else None
         self.backend.store_result(result.task_id, result.value, result.state, traceback=traceback,
                                   request=result.request)
+
+
+def _json_array(payloads: list[str | bytes]) -> bytes:
+    """Encoded JSON records joined into one JSON array: one PUBLISH for a batch's replies to one process."""
+    return b"[" + b",".join(p if isinstance(p, bytes) else p.encode() for p in payloads) + b"]"
