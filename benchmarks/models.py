@@ -9,6 +9,9 @@
   384-float vector per sample (a numpy array, as a real model's output).
 * ``minilm`` embeds sentences with all-MiniLM-L6-v2 (torch, on the CPU unless
   told otherwise).
+* ``bertbase`` fills masks with a BERT-base-sized masked LM (the bert-base-uncased
+  shape: 12 layers, hidden 768), randomly initialised and built locally with the
+  packaged WordPiece tokenizer: no model hub. Meant for a GPU (benchmarks/gpu.sh).
 
 noop and simgpu need only the standard library (gpufast needs numpy), so both
 venvs import this module. Every predict call is logged by :mod:`benchmarks.trace` when the
@@ -151,7 +154,59 @@ class MiniLMModel(BenchModel):
         return isinstance(output, list) and len(output) == 384
 
 
-MODELS: dict[str, type[BenchModel]] = {cls.name: cls for cls in (NoopModel, SimGpuModel, GpuFastModel, MiniLMModel)}
+class BertBaseModel(BenchModel):
+    """Fill-mask with a random BERT-base-sized model: the speed of the real thing, built locally."""
+
+    name = "bertbase"
+
+    def load(self) -> None:
+        from celery_batching.models.fill_mask import FillMaskModel
+
+        self._model = FillMaskModel(device=self.device, checkpoint=str(_bert_base_checkpoint()), top_k=1)
+        self._model.init_model()
+        self._run([self.sample(i) for i in range(64)])  # warm-up, not logged
+
+    def _run(self, batch: list[Any]) -> list[Any]:
+        return list(self._model.predict(batch))
+
+    @staticmethod
+    def sample(index: int) -> str:
+        return f"{index}: " + SENTENCES[index % len(SENTENCES)].replace("the", "[MASK]", 1)
+
+    def check(self, sample: Any, output: Any) -> bool:
+        return isinstance(output, list) and len(output) >= 1
+
+
+def _bert_base_checkpoint() -> Any:
+    """A random bert-base-uncased-shaped checkpoint, written once per machine (renamed into place)."""
+    import os
+    import tempfile
+    from pathlib import Path
+
+    target = Path(tempfile.gettempdir()) / "celery-batching-bench-bert-base"
+    if (target / "config.json").exists():
+        return target
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertForMaskedLM
+
+    from celery_batching.models.embeddings import _packaged_model_dir
+
+    tokenizer = AutoTokenizer.from_pretrained(str(_packaged_model_dir()), local_files_only=True)
+    config = BertConfig(vocab_size=tokenizer.vocab_size, pad_token_id=tokenizer.pad_token_id)  # bert-base sizes
+    torch.manual_seed(0)
+    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=target.name + "."))
+    BertForMaskedLM(config).eval().save_pretrained(str(staging))
+    tokenizer.save_pretrained(str(staging))
+    try:
+        os.rename(staging, target)
+    except OSError:  # another process got there first
+        pass
+    return target
+
+
+MODELS: dict[str, type[BenchModel]] = {
+    cls.name: cls for cls in (NoopModel, SimGpuModel, GpuFastModel, MiniLMModel, BertBaseModel)
+}
 
 
 def build(name: str, device: str = "cpu") -> BenchModel:
