@@ -73,6 +73,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--seconds", type=float, help="time limit of one workload")
     parser.add_argument("--http-seconds", type=float, help="how long wrk sends, per repetition (default 10)")
     parser.add_argument("--gpu", action="store_true", help="run the models on cuda:0")
+    parser.add_argument(
+        "--cost-split",
+        action="store_true",
+        help="also report µs per sample by stage (client send, worker decode, result encode and write, "
+        "client receive, redis) for noop and gpufast, before/after the fast codec (benchmarks.costsplit)",
+    )
     parser.add_argument("--out", type=Path, default=RESULTS, help="directory for the report")
     args = parser.parse_args(argv)
     if "http" in args.workloads and shutil.which("wrk") is None:
@@ -182,6 +188,10 @@ def main(argv: list[str] | None = None) -> int:
         _write_json(args.out / f"{stamp}.json", rows)
     pngs = _plot(rows, args, stamp, notes)
     text = report.document("celery-batching benchmark", preamble(args, sizes), rows, args.workloads, notes, pngs)
+    if args.cost_split:
+        from .costsplit import table
+
+        text += "\n\n## Cost per sample, by stage\n\n" + table(["noop", "gpufast"], 50) + "\n"
     path = args.out / f"{stamp}.md"
     path.write_text(text)
     print(text)

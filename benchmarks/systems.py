@@ -117,6 +117,22 @@ SYSTEMS: dict[str, System] = {
             uses_redis=True,
         ),
         System(
+            "ours_kombu_json",
+            "celery-batching batched task, kombu's JSON (batching_fast_json=False)",
+            "main",
+            celery_app="benchmarks.apps.ours_kombu_json",
+            scalable=True,
+            uses_redis=True,
+        ),
+        System(
+            "ours_single_replies",
+            "celery-batching batched task, one reply message per task (batching_batch_replies=False)",
+            "main",
+            celery_app="benchmarks.apps.ours_single_replies",
+            scalable=True,
+            uses_redis=True,
+        ),
+        System(
             "ours_celery_client",
             "celery-batching batched task, Celery's client path (batching_fast_client=False)",
             "main",

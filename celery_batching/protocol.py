@@ -42,6 +42,7 @@ from kombu.serialization import dumps, loads
 from kombu.utils.json import dumps as json_dumps
 from kombu.utils.uuid import uuid
 
+from . import fastjson
 from .errors import (
     BatchingError,
     CompressionError,
@@ -57,12 +58,22 @@ SENT_AT_HEADER = "batching_sent_at"
 REPLY_HEADER = "batching_reply_to"
 #: Every reply channel starts with this; a worker publishes to no other channel.
 CHANNEL_PREFIX = "celery-batching-reply-"
+#: A reply channel whose listener also takes one JSON array of results per message (a batch's
+#: results for that process, one PUBLISH). The marker rides in the channel's name, so a worker
+#: batches only for listeners that said they read arrays, and an older worker still publishes
+#: one result per message there (it sees an ordinary reply channel): safe in a rolling upgrade.
+BATCH_CHANNEL_PREFIX = CHANNEL_PREFIX + "b-"
 #: The remote-control command a worker answers with the batched queues it serves.
 SERVING_COMMAND = "batched_queues"
 # How much of an unreadable payload to quote in an error message.
 _QUOTE_BYTES = 80
 # The canvas fields of a protocol 2 body's embed that the worker acts on.
 _EMBED_FIELDS = ("callbacks", "errbacks", "chain", "chord")
+
+
+def takes_batches(channel: str) -> bool:
+    """Whether the listener on a reply channel reads one array of results per message."""
+    return channel.startswith(BATCH_CHANNEL_PREFIX)
 
 
 def is_reply_channel(value: Any) -> bool:
@@ -190,8 +201,13 @@ class TaskMessage:
 class MessageDecoder:
     """Turns raw payloads of one batched queue into :class:`TaskMessage` s."""
 
-    def __init__(self, task_name: str, queue: str, accept: set[str] | None, max_sample_bytes: int | None) -> None:
+    def __init__(
+        self, task_name: str, queue: str, accept: set[str] | None, max_sample_bytes: int | None, fast_json: bool = False
+    ) -> None:
         self.task_name = task_name
+        # orjson for the envelope and JSON bodies (same decoded values as json/kombu), when asked.
+        self._loads_envelope = fastjson.loads_plain if fast_json else json.loads
+        self._fast_body = fast_json and (accept is None or fastjson.JSON_CONTENT_TYPE in accept)
         self.queue = queue
         self.accept = accept  # None: every content type (kombu's reading of it)
         self.max_sample_bytes = max_sample_bytes
@@ -199,7 +215,7 @@ class MessageDecoder:
     def decode(self, claimed: Claimed) -> TaskMessage:
         message = TaskMessage(claimed)
         try:
-            outer = json.loads(claimed.payload)
+            outer = self._loads_envelope(claimed.payload)
             if not isinstance(outer, dict):
                 raise ValueError(f"a JSON {type(outer).__name__}, not an object")
         except ValueError as exc:
@@ -276,8 +292,12 @@ class MessageDecoder:
             raw = decompress_body(self.task_name, raw, codec, self.max_sample_bytes)
         content_type = outer.get("content-type")
         try:
-            # kombu reads any false content type as application/data; its stub wants a str
-            body = loads(raw, content_type or "", outer.get("content-encoding", "utf-8"), accept=self.accept)
+            encoding = outer.get("content-encoding", "utf-8")
+            if self._fast_body and content_type == fastjson.JSON_CONTENT_TYPE and encoding == "utf-8":
+                body = fastjson.loads(raw)
+            else:
+                # kombu reads any false content type as application/data; its stub wants a str
+                body = loads(raw, content_type or "", encoding, accept=self.accept)
         except ContentDisallowed as exc:
             raise MalformedMessage(
                 f"{self.task_name}: content type {content_type!r} is refused; this worker "

@@ -24,6 +24,8 @@ ADAPTERS = {
     "celery_batches": "celery_tasks:CeleryBatchesAdapter",
     "ours": "celery_tasks:OursAdapter",
     "ours_celery_client": "celery_tasks:OursCeleryClientAdapter",
+    "ours_kombu_json": "celery_tasks:OursKombuJsonAdapter",
+    "ours_single_replies": "celery_tasks:OursSingleRepliesAdapter",
     "ours_local": "inprocess:OursLocalAdapter",
 }
 

@@ -57,3 +57,15 @@ class OursCeleryClientAdapter(_TaskAdapter):
     """The same batched task through Celery's own publish and result path (the fast path's "before")."""
 
     app_module = "benchmarks.apps.ours_celery_client"
+
+
+class OursKombuJsonAdapter(_TaskAdapter):
+    """The same batched task with kombu's JSON for results, replies and claimed messages (the codec's "before")."""
+
+    app_module = "benchmarks.apps.ours_kombu_json"
+
+
+class OursSingleRepliesAdapter(_TaskAdapter):
+    """The same batched task with one reply message per task (batched replies' "before")."""
+
+    app_module = "benchmarks.apps.ours_single_replies"

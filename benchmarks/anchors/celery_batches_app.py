@@ -31,7 +31,7 @@ def _load_model(**_: Any) -> None:
 @app.task(base=Batches, flush_every=BATCH_SIZE, flush_interval=ANCHOR_MAX_WAIT, name=f"bench.batches.{model_name()}")
 def infer(requests: list[SimpleRequest]) -> None:
     """One predict for the buffered requests, then one stored result per request."""
-    outputs = _model[0].predict([request.args[0] for request in requests])
+    outputs = _model[0].predict_plain([request.args[0] for request in requests])
     for request, output in zip(requests, outputs):
         app.backend.mark_as_done(request.id, output, request=request)
 

@@ -26,7 +26,7 @@ class StreamerModel(ManagedModel):
         self.bench = build(os.environ[MODEL_ENV], device)
 
     def predict(self, batch: list[Any]) -> list[Any]:
-        return self.bench.predict(batch)
+        return self.bench.predict_plain(batch)
 
 
 def cuda_devices(device: str) -> tuple[int, ...] | None:

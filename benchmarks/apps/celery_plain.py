@@ -26,7 +26,7 @@ def _load_model(**_: Any) -> None:
 @app.task(name=f"bench.plain.{model_name()}")
 def infer(sample: Any) -> Any:
     """One sample in, one output out."""
-    return _model[0].predict([sample])[0]
+    return _model[0].predict_plain([sample])[0]
 
 
 task = infer

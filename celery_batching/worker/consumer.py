@@ -42,6 +42,7 @@ from celery.worker import state as worker_state
 from kombu.serialization import prepare_accept_content
 from kombu.transport.redis import Channel as RedisChannel
 
+from .. import fastjson
 from ..engine.batcher import Batcher, BatchReport, Outcome, PredictFn, Request
 from ..engine.hooks import BatchHooks, call_hooks
 from ..engine.policy import FlushPolicy
@@ -128,7 +129,11 @@ class BatchedQueueConsumer:
         self.watch = ArrivalWatch(own_connections(channel.pool), self.queue.list_keys, spec.queue)
         self._next_eta: float | None = None
         self.decoder = MessageDecoder(
-            spec.task_name, spec.queue, prepare_accept_content(app.conf.accept_content), spec.max_sample_bytes
+            spec.task_name,
+            spec.queue,
+            prepare_accept_content(app.conf.accept_content),
+            spec.max_sample_bytes,
+            fast_json=bool(app.conf.get(fastjson.FAST_JSON_SETTING, True)),
         )
         self.writer = ResultWriter(app, spec.task_name)
         self.events = TaskEvents(app, hostname, send_events)

@@ -19,7 +19,9 @@ from typing import Any
 from celery import Celery, states
 from celery.backends.redis import RedisBackend
 
+from .. import fastjson
 from ..errors import ResultNotSerializable
+from ..protocol import takes_batches
 
 
 @dataclass
@@ -68,6 +70,10 @@ class ResultWriter:
         if self._redis is not None:
             source = resources.files(__package__).joinpath("lua").joinpath("store_once.lua").read_text()
             self._store_once = self._redis.client.register_script(source)
+        # orjson for JSON records (same decoded value, a fraction of the time); else the backend's encoder.
+        self._encode_meta = fastjson.dumps if fastjson.serves_backend(self.backend) else self.backend.encode
+        # JSON records can be joined into one array per reply channel; other serializers' cannot.
+        self._joinable = self.serializer == "json"
 
     def write(self, results: Sequence[TaskResult]) -> list[TaskResult]:
         """Store every result not ignored; returns them as stored.
@@ -106,13 +112,13 @@ class ResultWriter:
     def _encode(self, result: TaskResult, date_done: str) -> tuple[TaskResult, str | bytes]:
         # The JSON serializer gives str, binary ones bytes (celery-types says bytes).
         try:
-            return result, self.backend.encode(self._meta(result, date_done))
+            return result, self._encode_meta(self._meta(result, date_done))
         except Exception as exc:  # noqa: BLE001 - any encoder error means "not serializable"
             error = ResultNotSerializable(
                 self.task_name, type(result.value).__name__, self.serializer, f"{type(exc).__name__}: {exc}"
             )
             failed = replace(result, state=states.FAILURE, value=error)
-            return failed, self.backend.encode(self._meta(failed, date_done))
+            return failed, self._encode_meta(self._meta(failed, date_done))
 
     def _meta(self, result: TaskResult, date_done: str) -> dict[str, Any]:
         value = result.value
@@ -146,6 +152,7 @@ class ResultWriter:
         if not encoded:
             return
         ttl = int(self.expires) if self.expires else 0
+        replies: dict[str, list[str | bytes]] = {}
         with backend.client.pipeline(transaction=False) as pipe:
             for result, payload in encoded:
                 key = backend.get_key_for_task(result.task_id)
@@ -157,8 +164,13 @@ class ResultWriter:
                 else:
                     pipe.set(key, payload)
                 pipe.publish(key, payload)
-                if result.reply_channel:
-                    pipe.publish(result.reply_channel, payload)
+                channel = result.reply_channel
+                if channel and self._joinable and takes_batches(channel):
+                    replies.setdefault(channel, []).append(payload)
+                elif channel:
+                    pipe.publish(channel, payload)
+            for channel, payloads in replies.items():
+                pipe.publish(channel, payloads[0] if len(payloads) == 1 else _json_array(payloads))
             pipe.execute()
 
     def _write_generic(self, result: TaskResult) -> None:
@@ -166,3 +178,8 @@ class ResultWriter:
         self.backend.store_result(
             result.task_id, result.value, result.state, traceback=traceback, request=result.request
         )
+
+
+def _json_array(payloads: list[str | bytes]) -> bytes:
+    """Encoded JSON records joined into one JSON array: one PUBLISH for a batch's replies to one process."""
+    return b"[" + b",".join(p if isinstance(p, bytes) else p.encode() for p in payloads) + b"]"
