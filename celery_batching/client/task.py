@@ -8,6 +8,7 @@ every ``celery worker`` of the app serve the task's queue in batches.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar, overload
 
@@ -22,6 +23,8 @@ from ..errors import ConfigurationError
 from ..models.base import ManagedModel
 from .backends import check_result_backend
 from .publish import can_send_fast, send_many
+
+logger = logging.getLogger(__name__)
 
 # Largest encoded sample a worker accepts by default; bigger ones fail alone.
 DEFAULT_MAX_SAMPLE_BYTES = 1 << 20
@@ -69,6 +72,7 @@ class BatchedTask(Task):
                 )[0]
             except (redis.ConnectionError, redis.TimeoutError):
                 pass  # Celery's path retries as its publish retry policy says
+        check_result_backend(self.app, self.name, self.app.backend)  # configured after declaration?
         return super().apply_async(args, kwargs, **options)
 
     def run_one(self, sample: Any) -> Any:
@@ -127,7 +131,7 @@ def batched(
     if model_options is not None and model is None:
         raise ConfigurationError("model_options given without model=")
 
-    check_result_backend(app, "batched()")
+    _check_backend_if_readable(app)
     _install_worker_side(app)
 
     def declare(origin: Any, function: BatchFn | None, task_name: str) -> BatchedTask:
@@ -190,6 +194,20 @@ def _one_sample_body(origin: Any) -> Callable[..., Any]:
     run.__module__ = origin.__module__
     run.__doc__ = origin.__doc__
     return run
+
+
+def _check_backend_if_readable(app: Celery) -> None:
+    """Refuse an unsupported result backend now, if the app's configuration can be read yet.
+
+    A configuration that cannot be loaded at declaration (Django settings not set up yet,
+    say) is Celery's to report later; the backend is checked again at send and at worker start.
+    """
+    try:
+        check_result_backend(app, "batched()")
+    except ConfigurationError:
+        raise
+    except Exception:  # see the docstring
+        logger.debug("celery-batching: result backend not checked at declaration", exc_info=True)
 
 
 def _check_task_options(options: dict[str, Any]) -> None:
