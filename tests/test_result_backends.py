@@ -30,13 +30,15 @@ def sqlite_backend(tmp_path) -> str:
 
 
 def test_database_backend_round_trip_matches_an_ordinary_task(redis_url, sqlite_backend, start_worker):
-    # Given a worker whose results go to a SQLite database, and a client of the same app
-    start_worker(APP, env={"CB_TEST_BACKEND": sqlite_backend})
+    # Given a client whose results go to a SQLite database
     client = load_app(APP, redis_url, sqlite_backend)
-    # When a batched task and its twin are sent the same sample
+    # When a batched task and its twin are sent the same sample, before any worker runs
     result, plain = client.echo.delay("hi"), client.plain_echo.delay("hi")
-    # Then the call went through Celery's path (no reply channel without Redis results)
+    # Then the call went through Celery's path (no reply channel without Redis results), and both are pending
     assert not isinstance(result, BatchedResult)
+    assert result.state == plain.state == "PENDING"
+    # And once a worker of the same app runs them
+    start_worker(APP, env={"CB_TEST_BACKEND": sqlite_backend})
     # And both store the same result and state in the database
     assert result.get(timeout=30) == plain.get(timeout=30) == {"sample": "hi", "type": "str"}
     assert result.state == plain.state == "SUCCESS"
@@ -97,7 +99,18 @@ def test_rpc_backend_is_refused_when_sending(redis_url):
     # When it submits samples, Then it is refused before anything is sent
     with pytest.raises(ConfigurationError, match=RPC_REFUSED):
         submit_many(client.echo, [1, 2])
+    with pytest.raises(ConfigurationError, match=RPC_REFUSED):
+        client.echo.delay(1)
     assert client.app.connection_for_write().default_channel.client.llen(client.echo.batch_queue) == 0
+
+
+def test_a_configuration_not_loadable_at_declaration_is_checked_later():
+    # Given an app whose configuration cannot be loaded yet (as Django settings before setup)
+    app = Celery("later", set_as_current=False)
+    app.config_from_object("tests.apps.not_there_yet")
+    # When a batched task is declared, Then the declaration stands (the task is bound, and Celery reads
+    # the configuration, only when first used): the backend is checked at send and at worker start
+    batched(app, name="later.task")(_identity)
 
 
 # The client side of the django-db test, in its own process: configuring Django here would

@@ -38,9 +38,12 @@ def result_backend_class(app: Celery) -> type | None:
         return None
 
 
-def check_result_backend(app: Celery, what: str) -> None:
-    """Raise :class:`ConfigurationError` if ``app``'s result backend cannot carry batched results."""
-    cls = result_backend_class(app)
+def check_result_backend(app: Celery, what: str, backend: Any = None) -> None:
+    """Raise :class:`ConfigurationError` if ``app``'s result backend cannot carry batched results.
+
+    With ``backend`` (an instance), its class is checked: no configuration is read again.
+    """
+    cls = type(backend) if backend is not None else result_backend_class(app)
     if cls is not None and issubclass(cls, RPCBackend):
         raise ConfigurationError(
             f"{what}: the rpc:// result backend is not supported by celery-batching (it sends each result "

@@ -79,8 +79,7 @@ def send_many(
     ``compression``: the task's, else ``task_compression``).
     """
     app = task.app
-    if not isinstance(app.backend, RedisBackend):
-        check_result_backend(app, task.name)  # submit_many comes here without can_send_fast
+    check_result_backend(app, task.name, app.backend)  # submit_many comes here without can_send_fast
     if ignore_result is None:
         ignore_result = task.ignore_result
     compression = compression or getattr(task, "compression", None) or app.conf.task_compression

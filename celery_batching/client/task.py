@@ -8,6 +8,7 @@ every ``celery worker`` of the app serve the task's queue in batches.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, Protocol, cast, overload
 
@@ -23,6 +24,8 @@ from ..errors import ConfigurationError
 from ..models.base import ManagedModel, Output, Sample
 from .backends import check_result_backend
 from .publish import can_send_fast, send_many
+
+logger = logging.getLogger(__name__)
 
 # Largest encoded sample a worker accepts by default; bigger ones fail alone.
 DEFAULT_MAX_SAMPLE_BYTES = 1 << 20
@@ -99,6 +102,7 @@ class BatchedTask(_OneSampleTask[Sample, Output]):
                 )[0]
             except (redis.ConnectionError, redis.TimeoutError):
                 pass  # Celery's path retries as its publish retry policy says
+        check_result_backend(self.app, self.name, self.app.backend)  # configured after declaration?
         return super().apply_async(args, kwargs, **options)
 
     def run_one(self, sample: Sample) -> Output:
@@ -189,7 +193,7 @@ def batched(
     if model_options is not None and model is None:
         raise ConfigurationError("model_options given without model=")
 
-    check_result_backend(app, "batched()")
+    _check_backend_if_readable(app)
     _install_worker_side(app)
 
     def declare(origin: Any, function: BatchFn[Any, Any] | None, task_name: str) -> BatchedTask[Any, Any]:
@@ -275,6 +279,20 @@ def _user_base(base: Any) -> type[Task[Any, Any]] | None:
 _CELERY_RETRY_OPTIONS = frozenset(
     {"autoretry_for", "dont_autoretry_for", "retry_kwargs", "retry_backoff", "retry_backoff_max", "retry_jitter"}
 )
+
+
+def _check_backend_if_readable(app: Celery) -> None:
+    """Refuse an unsupported result backend now, if the app's configuration can be read yet.
+
+    A configuration that cannot be loaded at declaration (Django settings not set up yet,
+    say) is Celery's to report later; the backend is checked again at send and at worker start.
+    """
+    try:
+        check_result_backend(app, "batched()")
+    except ConfigurationError:
+        raise
+    except Exception:  # see the docstring
+        logger.debug("celery-batching: result backend not checked at declaration", exc_info=True)
 
 
 def _check_task_options(options: dict[str, Any]) -> None:
