@@ -8,7 +8,6 @@ app given the same options.
 
 from __future__ import annotations
 
-import base64
 import importlib
 import json
 import signal
@@ -21,10 +20,10 @@ import pytest
 from celery.exceptions import TaskRevokedError
 
 from celery_batching import MalformedMessage, gather
-from celery_batching.protocol import Claimed, MessageDecoder
 from celery_batching.worker.claim import RedisQueue
 from tests.fault_tools import Broker, Conservation, load_app
 from tests.servers import wait_until
+from tests.wire import decode_message
 
 APP = "tests.apps.timed"
 STAMP = "timed.stamp"
@@ -57,17 +56,7 @@ def runs(broker, task: str) -> Counter:
 
 
 def _decode(**headers: object):
-    body = base64.b64encode(json.dumps([[1], {}, {}]).encode()).decode()
-    payload = json.dumps(
-        {
-            "body": body,
-            "content-encoding": "utf-8",
-            "content-type": "application/json",
-            "headers": {"task": STAMP, "id": "t1", **headers},
-            "properties": {"body_encoding": "base64", "delivery_tag": "d1"},
-        }
-    ).encode()
-    return MessageDecoder(STAMP, STAMP, {"application/json"}, None).decode(Claimed("d1", payload))
+    return decode_message(STAMP, STAMP, 1, **headers)
 
 
 def test_an_eta_header_is_decoded_as_an_aware_date():

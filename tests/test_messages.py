@@ -2,28 +2,16 @@
 
 from __future__ import annotations
 
-import base64
-import json
-
 import pytest
 
-from celery_batching.protocol import CHANNEL_PREFIX, REPLY_HEADER, SENT_AT_HEADER, Claimed, MessageDecoder
+from celery_batching.protocol import CHANNEL_PREFIX, REPLY_HEADER, SENT_AT_HEADER
+from tests.wire import decode_message
 
 TASK = "tests.double"
 
 
 def decode(**headers: object):
-    body = base64.b64encode(json.dumps([[21], {}, {}]).encode()).decode()
-    payload = json.dumps(
-        {
-            "body": body,
-            "content-encoding": "utf-8",
-            "content-type": "application/json",
-            "headers": {"task": TASK, "id": "t1", **headers},
-            "properties": {"body_encoding": "base64", "delivery_tag": "d1"},
-        }
-    ).encode()
-    return MessageDecoder(TASK, "double", {"application/json"}, None).decode(Claimed("d1", payload))
+    return decode_message(TASK, "double", 21, **headers)
 
 
 def test_a_stamped_send_time_gives_the_queue_wait():
