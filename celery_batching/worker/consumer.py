@@ -414,7 +414,7 @@ class BatchedQueueConsumer:
         terminated = self.held.release(done.messages)
         if terminated:
             done.results = [_terminated(r) if r.task_id in terminated else r for r in done.results]
-        traced = {id(m): self._traced[id(m)] for m in done.messages if id(m) in self._traced}
+        traced = {id(m): self._traced[id(m)] for m in done.messages if id(m) in self._traced} if self._traced else {}
         settled = self.tracer.settle(done.messages, done.results, traced) if traced else Settled(done.results)
         stored = self._retry(
             lambda: self.writer.write(self._guard_late(done.messages, settled.results)), "store results"
