@@ -39,6 +39,22 @@ def select_served(
     return [t for t in tasks if (not include or t.batch_queue in include) and t.batch_queue not in exclude]
 
 
+def deselect_for_good(app: Celery, names: list[str]) -> None:
+    """Keep Celery's own consumer off the queues ``names``, on every Celery version.
+
+    Without ``-Q``, Celery before 5.7 consumes every queue the app knows when
+    its consumer starts, including one added after this step runs (the batched
+    consumer's lookup of its queue adds it). So each queue is added first,
+    as Celery adds a missing one, and then deselected: the selection Celery
+    then keeps is explicit and leaves it out.
+    """
+    queues = app.amqp.queues
+    for name in names:
+        if name not in queues and queues.create_missing:
+            queues.add(queues.new_missing(name))
+    queues.deselect([name for name in names if name in queues.consume_from])
+
+
 class BatchingStep(bootsteps.StartStopStep):
     """Loads the models and runs one batched consumer per served queue."""
 
@@ -54,8 +70,7 @@ class BatchingStep(bootsteps.StartStopStep):
         served = [task.batch_queue for task in self.tasks]
         if served:
             # Celery's own consumer must not take these messages one by one.
-            consume_from = app.amqp.queues.consume_from
-            app.amqp.queues.deselect([name for name in served if name in consume_from])
+            deselect_for_good(app, served)
 
     def include_if(self, worker: Any) -> bool:
         return bool(self.tasks)
