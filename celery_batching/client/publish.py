@@ -15,6 +15,7 @@ every call then goes through Celery unchanged.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Mapping, Sequence
 from typing import Any, TypeVar
 
@@ -106,7 +107,7 @@ def send_many(
         for task_id, sample in zip(task_ids, samples)
     ]
     # One LPUSH of them all: one command, so a worker claims them in order and all at once.
-    _publishers.get(app).client.lpush(queue, *payloads)
+    _publishers.get(app).push(queue, payloads)
     return results
 
 
@@ -117,6 +118,12 @@ class _Publisher:
     consumed (a broadcast collecting its replies) keeps a connection pinned to
     its BRPOP, and a command sent through that channel's client would read the
     BRPOP's answer.
+
+    kombu bounds the channel's connection pool (10 by default) and raises
+    ``MaxConnectionsError`` past the bound: a ``ConnectionError``, which
+    ``apply_async`` would take for Redis being down and send through Celery
+    instead. So no more threads push at once than the pool holds; the others
+    wait their turn.
     """
 
     def __init__(self, app: Celery) -> None:
@@ -125,6 +132,12 @@ class _Publisher:
         if not isinstance(channel, RedisChannel):
             raise TypeError(f"celery-batching needs a Redis broker, not {self._connection.transport_cls!r}")
         self.client = channel.client
+        self._turns = threading.BoundedSemaphore(self.client.connection_pool.max_connections)
+
+    def push(self, queue: str, payloads: Sequence[str | bytes]) -> None:
+        """One LPUSH of ``payloads`` onto ``queue``, on a connection the pool has free."""
+        with self._turns:
+            self.client.lpush(queue, *payloads)
 
 
 _publishers: PerProcess[_Publisher] = PerProcess(_Publisher)
@@ -135,8 +148,12 @@ def _result(task: Task[Any, Output], task_id: str, hub: ReplyHub | None, ignore_
     if hub is None:
         result = task.AsyncResult(task_id)
     else:
+        # The calling thread's backend, as Celery's own results get (app.backend is per thread): whatever
+        # Celery does with the result (on_ready, __del__) then touches only this thread's result consumer.
+        # Celery before 5.7 does not lock its consumer's pub/sub, and the hub's backend belongs to the thread
+        # that built the hub: an UNSUBSCRIBE sent from here could make that thread miss a reply it waits for.
         result = BatchedResult(
-            task_id, backend=hub.backend, task_name=task.name, app=task.app, slot=hub.expect(task_id)
+            task_id, backend=task.app.backend, task_name=task.name, app=task.app, slot=hub.expect(task_id)
         )
     result.ignored = ignore_result
     return result
