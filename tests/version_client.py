@@ -8,6 +8,7 @@ the Celery version it ran under and what went wrong (empty lists when nothing di
 
 from __future__ import annotations
 
+import gc
 import json
 import sys
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
@@ -50,7 +51,31 @@ def check_paths() -> list[str]:
     except ValueError as exc:
         expect("failure propagated", str(exc), "refused 'x'")
     expect("failed state", failed.state, "FAILURE")
+    expect("UNSUBSCRIBEs on this thread's result consumer from results fulfilled elsewhere", other_threads_cost(), 0)
     return problems
+
+
+def other_threads_cost() -> int:
+    """How many UNSUBSCRIBEs results fulfilled in another thread send, once this thread's result consumer runs.
+
+    This thread built the reply hub (the first call above), and its Celery-path
+    calls started its result consumer; Celery before 5.7 does not lock that
+    consumer's pub/sub, so none of another thread's results may touch it.
+    """
+    client = versions.app.backend.client
+
+    def unsubscribes() -> int:
+        return int(client.info("commandstats").get("cmdstat_unsubscribe", {}).get("calls", 0))
+
+    def other_thread() -> None:
+        for x in range(20):
+            versions.echo.delay(x).get(timeout=GET_TIMEOUT)
+
+    gc.collect()  # results of this thread in reference cycles: their __del__ would unsubscribe, from any thread
+    before = unsubscribes()
+    with ThreadPoolExecutor(1) as pool:
+        pool.submit(other_thread).result()
+    return unsubscribes() - before
 
 
 def run_threads(threads: int, calls: int, first: int) -> list[dict[str, Any]]:
@@ -78,7 +103,8 @@ def run_load(processes: int, threads: int, calls: int) -> list[dict[str, Any]]:
     per_process = threads * calls
     # spawn: each process starts clean and builds its own reply hub and connections.
     with ProcessPoolExecutor(processes, mp_context=get_context("spawn")) as pool:
-        parts = pool.map(run_threads, [threads] * processes, [calls] * processes, range(0, processes * per_process, per_process))
+        firsts = range(0, processes * per_process, per_process)
+        parts = pool.map(run_threads, [threads] * processes, [calls] * processes, firsts)
         return [w for part in parts for w in part]
 
 
