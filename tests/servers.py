@@ -113,10 +113,16 @@ class RedisServer:
 
 
 class Worker:
-    """A real ``celery -A module worker`` subprocess."""
+    """A real ``celery -A module worker`` subprocess (run by ``python``: another venv's, for another Celery)."""
 
     def __init__(
-        self, app_module: str, broker_url: str, *args: str, name: str | None = None, env: dict[str, str] | None = None
+        self,
+        app_module: str,
+        broker_url: str,
+        *args: str,
+        name: str | None = None,
+        env: dict[str, str] | None = None,
+        python: str = sys.executable,
     ) -> None:
         self.name = name or f"w{free_port()}@localhost"
         self.log_path = Path(tempfile.mkstemp(prefix="cb-worker-", suffix=".log")[1])
@@ -128,7 +134,7 @@ class Worker:
             **(env or {}),
         }
         self.argv = [
-            sys.executable,
+            python,
             "-m",
             "celery",
             "-A",

@@ -50,7 +50,7 @@ def deselect_for_good(app: Celery, names: list[str]) -> None:
     """
     queues = app.amqp.queues
     for name in names:
-        if name not in queues and queues.create_missing:
+        if name not in queues and queues.create_missing:  # type: ignore[attr-defined]  # not in celery-types
             queues.add(queues.new_missing(name))
     queues.deselect([name for name in names if name in queues.consume_from])
 
