@@ -159,6 +159,8 @@ class BatchedQueueConsumer:
         # Samples that carry their Celery request through the batch, by id() of their message.
         self._traced: dict[int, Traced] = {}
         self._stopping = threading.Event()
+        #: Set once the fetcher's first claim round ran (the worker's readiness probe waits for it).
+        self.claiming = threading.Event()
         self._writes: queue_module.SimpleQueue[_Done | _Started | None] = queue_module.SimpleQueue()
         self._fetcher = threading.Thread(target=self._fetch_loop, name=f"fetch:{spec.queue}", daemon=True)
         self._writer_thread = threading.Thread(target=self._write_loop, name=f"write:{spec.queue}", daemon=True)
@@ -232,6 +234,7 @@ class BatchedQueueConsumer:
             return
         now = time.time()
         claim = self.queue.claim(room, now)
+        self.claiming.set()
         self._next_eta = claim.next_eta
         if not claim.messages:
             self.watch.wait(self._idle_timeout())
