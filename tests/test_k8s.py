@@ -68,7 +68,7 @@ def test_every_resource_is_valid_against_its_schema(path):
 
 
 def validate_scaled_object(doc: dict) -> None:
-    crd = [d for d in yaml.safe_load_all(KEDA_CRD.read_text()) if d][0]
+    crd = next(d for d in yaml.safe_load_all(KEDA_CRD.read_text()) if d)
     (version,) = [v for v in crd["spec"]["versions"] if f"keda.sh/{v['name']}" == doc["apiVersion"]]
     schema = version["schema"]["openAPIV3Schema"]
     jsonschema.validate(doc, schema)
@@ -92,7 +92,7 @@ def test_a_wrong_field_is_caught_by_both_validations():
     with pytest.raises(kubernetes_validate.ValidationError):
         kubernetes_validate.validate(broken, KUBERNETES_VERSION, strict=True)
     scaled = resource("ScaledObject", "worker-embed")
-    with pytest.raises(AssertionError, match="spec.minReplicas is not in KEDA"):
+    with pytest.raises(AssertionError, match=r"spec\.minReplicas is not in KEDA"):
         validate_scaled_object({**scaled, "spec": {**scaled["spec"], "minReplicas": 1}})
 
 
