@@ -103,6 +103,21 @@ def test_a_claim_restored_by_kombu_counts_once(prefixed, queue, reader):
     assert (depth.waiting, depth.claimed, depth.scheduled) == (2, 0, 0)
 
 
+def test_the_prune_after_kombus_restore_leaves_no_stale_claim(prefixed, queue, redis_server):
+    # Given a claim older than the visibility timeout, restored by kombu (its worker died)
+    prefixed.stamp.delay(1)
+    queue.claim(1, now=time.time() - VISIBILITY_TIMEOUT - 10)
+    prefixed.stamp.delay(2)
+    queue.claim(1)  # and a fresh one, still running
+    with prefixed.app.connection_for_read() as connection:
+        connection.default_channel.qos.restore_visible(num=None)
+    # When the worker prunes after its restore, as its fetcher does
+    dropped = queue.prune_claimed(VISIBILITY_TIMEOUT)
+    # Then only the restored claim leaves the queue's claimed index
+    assert dropped == 1
+    assert redis_server.client(0).zcard(queue.claimed_index_key) == 1
+
+
 def test_reading_costs_the_same_few_commands_whatever_the_depth(prefixed, queue, reader, redis_server):
     client = redis_server.client(0)
 

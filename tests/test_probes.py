@@ -13,9 +13,11 @@ import urllib.error
 import urllib.request
 
 import pytest
+import yaml
 
 from celery_batching.worker.probes import Readiness
 from tests.servers import ROOT, Worker, free_port, wait_until
+from tests.test_docker_compose import healthcheck
 
 APP = "tests.apps.gated_model"
 
@@ -59,12 +61,16 @@ def test_ready_only_once_the_model_loaded_and_the_consumer_claims(gated, redis_u
         status, body = probe(port, "/ready")
         assert (status, body) == (503, "not ready: loading models (0 of 1 queues started)\n")
         assert probe(port, "/live") == (200, "alive\n")
+        # (so compose's healthcheck of a worker fails too)
+        compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+        assert healthcheck(compose, "worker-gpu0", port).returncode != 0
 
         # When the model is let to load
         client.rpush(gated.GATE_KEY, "ok")
         # Then the worker turns ready, and serves
         wait_until(lambda: probe(port, "/ready") == (200, "ready\n"), 30, f"/ready; log: {worker.log_path}")
         assert gated.double.delay(21).get(timeout=30) == 42
+        assert healthcheck(compose, "worker-gpu0", port).returncode == 0
         assert probe(port, "/live") == (200, "alive\n")
         assert probe(port, "/nowhere")[0] == 404
     finally:

@@ -37,6 +37,9 @@ SCHEDULED_SUFFIX = "scheduled"
 SCHEDULED_MESSAGES_SUFFIX = "scheduled_messages"
 # Suffix of a queue's own index of claimed tags (kombu's unacked index holds every queue's).
 CLAIMED_SUFFIX = "claimed"
+# Overdue claims (older than the visibility timeout) checked against kombu's
+# unacked hash per prune; bounds its cost when many are overdue at once.
+PRUNE_CHECKS = 1000
 
 
 def lua_script(name: str) -> str:
@@ -89,6 +92,7 @@ class RedisQueue:
         self._claim = self.client.register_script(lua_script("claim.lua"))
         self._give_back = self.client.register_script(lua_script("give_back.lua"))
         self._schedule = self.client.register_script(lua_script("schedule.lua"))
+        self._prune_claimed = self.client.register_script(lua_script("prune_claimed.lua"))
 
     def claim(self, count: int, now: float | None = None) -> Claim:
         """Take up to ``count`` messages, due scheduled ones first, then highest priority first; never blocks."""
@@ -129,6 +133,16 @@ class RedisQueue:
         target.hdel(self.unacked_key, *tags)
         if pipe is None:
             target.execute()
+
+    def prune_claimed(self, visibility_timeout: float, now: float | None = None, pipe: Any = None) -> Any:
+        """Forget claims kombu's restore took back (after a worker died); returns how many, or queues it on ``pipe``.
+
+        Run after each restore, and before each depth read, so the queue's
+        claimed index neither grows with restored claims nor counts them.
+        """
+        now = time.time() if now is None else now
+        keys = [self.unacked_key, self.claimed_index_key]
+        return self._prune_claimed(keys=keys, args=[repr(now - visibility_timeout), PRUNE_CHECKS], client=pipe)
 
     def give_back(self, claimed: list[Claimed]) -> int:
         """Put unstarted messages back at the head of the queue; returns how many."""

@@ -331,6 +331,7 @@ class BatchedQueueConsumer:
             return
         self._next_restore = now + RESTORE_EVERY_SECONDS
         self._kombu_channel.qos.restore_visible(num=None, interval=1)
+        self.queue.prune_claimed(self._visibility_timeout)
 
     # -- predictor hand-off ------------------------------------------------
 

@@ -3,15 +3,14 @@
 A Redis list scaler counts one key. A batched queue is more: one list per
 priority step (under the broker's ``global_keyprefix``), the messages workers
 have claimed and not yet acknowledged, and those parked until their ETA.
-:class:`DepthReader` reads all of it with one Lua script call per queue, its
-cost independent of the depth, so a Prometheus scrape (of a worker, or of the
+:class:`DepthReader` reads all of it with two Lua script calls per queue in
+one transaction, its cost independent of the depth, so a Prometheus scrape (of a worker, or of the
 ``celery-batching exporter`` when no worker runs) stays cheap.
 """
 
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -20,10 +19,6 @@ from kombu.transport.redis import Channel as RedisChannel
 
 from ..protocol import SENT_AT_HEADER
 from .claim import RedisQueue, lua_script
-
-# Overdue claims (older than the visibility timeout) checked against kombu's
-# unacked hash per read; bounds a read's cost when many are overdue at once.
-OVERDUE_CHECKS_PER_READ = 1000
 
 
 @dataclass(frozen=True)
@@ -49,11 +44,14 @@ class DepthReader:
         self.queue = queue
         self.visibility_timeout = visibility_timeout
         self._read = queue.client.register_script(lua_script("depth.lua"))
-        self._keys = [queue.unacked_key, queue.claimed_index_key, queue.scheduled_key, *queue.list_keys]
+        self._keys = [queue.claimed_index_key, queue.scheduled_key, *queue.list_keys]
 
     def read(self, now: float | None = None) -> QueueDepth:
-        now = time.time() if now is None else now
-        reply = self._read(keys=self._keys, args=[repr(now - self.visibility_timeout), OVERDUE_CHECKS_PER_READ])
+        # One transaction: the claims kombu restored leave the claimed count as they join the waiting one.
+        with self.queue.client.pipeline(transaction=True) as pipe:
+            self.queue.prune_claimed(self.visibility_timeout, now, pipe)
+            self._read(keys=self._keys, client=pipe)
+            _, reply = pipe.execute()
         claimed, scheduled, lists = int(reply[0]), int(reply[1]), reply[2:]
         sent = [sent_at(tail) for tail in lists[1::2] if tail]
         known = [stamp for stamp in sent if stamp is not None]
