@@ -186,3 +186,42 @@ class Announcements:
             message = self._pubsub.get_message(timeout=0.1)
             if message is not None and message["type"] == "pmessage":
                 self.counts[message["channel"].decode()[len(RESULT_PREFIX) :]] += 1
+
+
+class TaskEventLog:
+    """Counts Celery task events (``task-succeeded``, ...) per task id, read off the broker's pub/sub.
+
+    Celery's event exchange is a kombu fanout, which the Redis transport
+    publishes on channels named after the exchange; the log subscribes to
+    them all, as a monitor (Flower) would, and decodes each message's body.
+    """
+
+    def __init__(self, broker: redis.Redis) -> None:
+        self.counts: Counter = Counter()
+        self._pubsub = broker.pubsub(ignore_subscribe_messages=True)
+        self._pubsub.psubscribe("*celeryev*")
+        self._pubsub.get_message(timeout=1)  # subscribed before anything is sent
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._listen, daemon=True)
+
+    def __enter__(self) -> TaskEventLog:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._pubsub.close()
+
+    def count(self, event_type: str, task_id: str) -> int:
+        return self.counts[event_type, task_id]
+
+    def _listen(self) -> None:
+        while not self._stop.is_set():
+            message = self._pubsub.get_message(timeout=0.1)
+            if message is not None and message["type"] == "pmessage":
+                envelope = json.loads(message["data"])
+                event = json.loads(base64.b64decode(envelope["body"]))
+                for one in event if isinstance(event, list) else [event]:  # Celery may group events
+                    if "uuid" in one:
+                        self.counts[one["type"], one["uuid"]] += 1

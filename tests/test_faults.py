@@ -31,9 +31,11 @@ from tests.fault_tools import (
     Conservation,
     Gate,
     Records,
+    TaskEventLog,
     count_results,
     load_app,
 )
+from tests.scrape import scrape, value
 from tests.servers import RedisServer, Worker, free_port, wait_until
 
 APP = "tests.apps.faulty"
@@ -65,6 +67,10 @@ def broker(faulty, redis_server) -> Broker:
 @pytest.fixture
 def results_db(redis_server):
     return redis_server.client(1)
+
+
+def metrics_env(port: int) -> dict[str, str]:
+    return {"CELERY_BATCHING_METRICS_PORT": str(port), "CELERY_BATCHING_METRICS_ADDR": "127.0.0.1"}
 
 
 def worker_env(records: Records, gate: Gate | None = None, **extra: str) -> dict[str, str]:
@@ -403,14 +409,16 @@ def test_redelivered_copy_with_another_outcome_does_not_overwrite_success(
 def test_worker_frozen_past_the_visibility_timeout_does_not_overwrite_the_redelivered_result(
     faulty, start_worker, records, gate, broker, redis_server
 ):
-    # Given a worker frozen (SIGSTOP) in the middle of a batch
+    # Given a worker frozen (SIGSTOP) in the middle of a batch, exporting metrics
     results = submit_many(faulty.work, range(8))
-    frozen = start_worker(APP, env=worker_env(records, gate, CB_VISIBILITY_TIMEOUT=SHORT_VISIBILITY))
+    port = free_port()
+    frozen_env = {"CB_VISIBILITY_TIMEOUT": SHORT_VISIBILITY, **metrics_env(port)}
+    frozen = start_worker(APP, env=worker_env(records, gate, **frozen_env))
     wait_until(lambda: len(records.calls("work")) == 1, 30, "the batch to start")
     frozen.signal(signal.SIGSTOP)
     try:
         gate.open()
-        with Announcements(redis_server.client(1)) as announced:
+        with Announcements(redis_server.client(1)) as announced, TaskEventLog(redis_server.client(0)) as events:
             # When, past the visibility timeout, another worker takes the batch back and finishes it
             rescuer = start_worker(APP, env=worker_env(records, CB_VISIBILITY_TIMEOUT=SHORT_VISIBILITY))
             assert gather(results, timeout=60) == [2 * x for x in range(8)]
@@ -419,10 +427,16 @@ def test_worker_frozen_past_the_visibility_timeout_does_not_overwrite_the_redeli
             # And the frozen worker wakes up and finishes its own copy of the batch
             frozen.signal(signal.SIGCONT)
             assert faulty.work.delay(100).get(timeout=30) == 200  # it has written the batch before this one
-        # Then the late copy neither overwrote nor re-announced any result
+            wait_until(lambda: broker.snapshot() == (0, 0), 10, "every message acknowledged")
+        # Then the late copy neither overwrote nor re-announced any result, nor sent a second task-succeeded
         assert records.runs("work")[0] == 2, "both copies ran"
         assert {r.id: redis_server.client(1).get(f"celery-task-meta-{r.id}") for r in results} == stored
         assert [announced.counts[r.id] for r in results] == [1] * 8
+        assert [events.count("task-succeeded", r.id) for r in results] == [1] * 8
+        # And the frozen worker counts its copies as duplicates, not as served samples
+        samples = scrape(port)
+        assert value(samples, "celery_batching_skipped_total", task=WORK, reason="duplicate") == 8
+        assert value(samples, "celery_batching_samples_total", task=WORK, outcome="succeeded") == 1
     finally:
         frozen.signal(signal.SIGCONT)
 
