@@ -82,21 +82,36 @@ class Records:
 
 
 class Broker:
-    """Reads kombu's bookkeeping for one queue straight from Redis."""
+    """Reads kombu's bookkeeping for one queue straight from Redis (under kombu's ``global_keyprefix``)."""
 
-    def __init__(self, client: redis.Redis, queue: str) -> None:
+    def __init__(self, client: redis.Redis, queue: str, prefix: str = "") -> None:
         self.client = client
-        self.queue = queue
+        self.queue = prefix + queue
+        self.unacked_key = prefix + "unacked"
+        self.unacked_index_key = prefix + "unacked_index"
+        self.prefix = prefix
+
+    def misplaced_keys(self) -> list[bytes]:
+        """Keys of kombu's bookkeeping outside the prefix, or under it twice (a prefixing bug's traces)."""
+        if not self.prefix:
+            return []
+        unprefixed = {name.encode() for name in ("unacked", "unacked_index", self.queue[len(self.prefix) :])}
+        return [
+            key
+            for key in self.client.keys("*")
+            if key.startswith((self.prefix * 2).encode()) or key.split(b"\x06")[0] in unprefixed
+        ]
 
     def queued(self) -> list[dict[str, Any]]:
         return [json.loads(raw) for raw in self.client.lrange(self.queue, 0, -1)]
 
     def unacked(self) -> dict[str, Any]:
         """Delivery tag -> the message recorded as claimed and not yet acknowledged."""
-        return {tag.decode(): json.loads(raw)[0] for tag, raw in self.client.hgetall("unacked").items()}
+        return {tag.decode(): json.loads(raw)[0] for tag, raw in self.client.hgetall(self.unacked_key).items()}
 
     def unacked_index(self) -> dict[str, float]:
-        return {tag.decode(): score for tag, score in self.client.zrange("unacked_index", 0, -1, withscores=True)}
+        entries = self.client.zrange(self.unacked_index_key, 0, -1, withscores=True)
+        return {tag.decode(): score for tag, score in entries}
 
     def queued_samples(self) -> list[Any]:
         return [sample_of(message) for message in self.queued()]
@@ -108,7 +123,7 @@ class Broker:
         """(queue length, unacked count) read atomically."""
         with self.client.pipeline(transaction=True) as pipe:
             pipe.llen(self.queue)
-            pipe.hlen("unacked")
+            pipe.hlen(self.unacked_key)
             queued, unacked = pipe.execute()
         return queued, unacked
 

@@ -45,8 +45,17 @@ SHORT_VISIBILITY = "2"
 
 
 @pytest.fixture
-def faulty(app_module_env):
-    return importlib.import_module(APP)
+def prefix() -> str:
+    """kombu's ``global_keyprefix`` for client and workers; tests parametrize it."""
+    return ""
+
+
+@pytest.fixture
+def faulty(app_module_env, prefix, redis_url, monkeypatch):
+    if not prefix:
+        return importlib.import_module(APP)
+    monkeypatch.setenv("CB_KEYPREFIX", prefix)  # for the workers started, which inherit the environment
+    return load_app(APP, redis_url)
 
 
 @pytest.fixture
@@ -60,8 +69,8 @@ def gate(tmp_path: Path) -> Gate:
 
 
 @pytest.fixture
-def broker(faulty, redis_server) -> Broker:
-    return Broker(redis_server.client(0), WORK)
+def broker(faulty, redis_server, prefix) -> Broker:
+    return Broker(redis_server.client(0), WORK, prefix)
 
 
 @pytest.fixture
@@ -83,8 +92,9 @@ def worker_env(records: Records, gate: Gate | None = None, **extra: str) -> dict
 # -- kill -9 ------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("prefix", ["", "tenant:"], ids=["no-prefix", "global-keyprefix"])
 def test_kill_9_mid_batch_loses_nothing_and_announces_each_result_once(
-    faulty, start_worker, records, gate, broker, results_db, redis_server
+    faulty, start_worker, records, gate, broker, results_db, redis_server, prefix
 ):
     # Given a client waiting on 200 tasks, and a worker held in its 4th batch
     total = 200
@@ -124,6 +134,8 @@ def test_kill_9_mid_batch_loses_nothing_and_announces_each_result_once(
     assert all(runs[x] >= 1 for x in range(total))
     assert all(runs[x] == 2 for x in held)
     assert broker.snapshot() == (0, 0), "nothing left queued or claimed"
+    assert broker.unacked_index() == {}, "no stale bookkeeping"
+    assert broker.misplaced_keys() == []
 
 
 def _send_and_wait(task, samples, timeout: float) -> list:
@@ -142,8 +154,9 @@ def _settled_claims(broker: Broker, done: int, total: int) -> list[int] | None:
 # -- SIGTERM ------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("prefix", ["", "tenant:"], ids=["no-prefix", "global-keyprefix"])
 def test_sigterm_finishes_the_running_batch_and_gives_the_rest_back_at_once(
-    faulty, start_worker, records, gate, broker, results_db
+    faulty, start_worker, records, gate, broker, results_db, redis_server, prefix
 ):
     # Given 40 queued tasks and a worker held in its first batch, with more claimed behind it
     total = 40
@@ -171,10 +184,13 @@ def test_sigterm_finishes_the_running_batch_and_gives_the_rest_back_at_once(
     assert sorted(broker.queued_samples()) == sorted(set(range(total)) - set(running))
     assert "Traceback" not in worker.log()
 
-    # And another worker finishes the rest
+    # And another worker finishes the rest, leaving no bookkeeping behind
     gate.open()
     start_worker(APP, env=worker_env(records, gate))
     assert gather(results, timeout=30) == [2 * x for x in range(total)]
+    wait_until(lambda: broker.snapshot() == (0, 0), 10, "every message acknowledged")
+    assert broker.unacked_index() == {}
+    assert broker.misplaced_keys() == []
 
 
 # -- Redis restart ------------------------------------------------------------
