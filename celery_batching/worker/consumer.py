@@ -30,7 +30,7 @@ import queue as queue_module
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Any
 
@@ -89,12 +89,21 @@ class QueueSpec:
 
 @dataclass
 class _Done:
-    """Writer work: tasks with their outcomes, from one batch or one claim."""
+    """Writer work: tasks with their outcomes, from one batch or one claim.
+
+    Until the writer is done with them, its messages count as held by the
+    batcher, so a slow writer slows claiming (backpressure).
+    """
 
     messages: list[TaskMessage]
     results: list[TaskResult]
     started: float
     runtime: float
+    #: Messages of tasks whose final result is stored already: acknowledged, nothing else.
+    duplicates: list[TaskMessage] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.messages) + len(self.duplicates)
 
 
 @dataclass
@@ -150,6 +159,7 @@ class BatchedQueueConsumer:
             admit=self._admit,
             on_start=self._batch_starts,
             unsplittable=(SoftTimeLimitExceeded,),
+            hold_done=True,
         )
         # The batch predict() is running on, and whether it ran past its hard time limit.
         self._running: list[TaskMessage] = []
@@ -291,12 +301,9 @@ class BatchedQueueConsumer:
                 runnable.append(Request(message.sample, context=message))
             else:
                 unrun.append(message)
-        if duplicates:
-            # The stored outcome stands: acknowledge, store nothing, announce nothing.
-            self._writes.put(_Done(duplicates, [], time.time(), 0.0))
-        if unrun:
+        if duplicates or unrun:
             results = [self._task_result(m, _unrun_state(m.error), m.error) for m in unrun]
-            self._writes.put(_Done(unrun, results, time.time(), 0.0))
+            self._hand_to_writer(_Done(unrun, results, time.time(), 0.0, duplicates))
         self.held.reserve(request.context for request in runnable)
         self.batcher.put(runnable)
 
@@ -362,7 +369,7 @@ class BatchedQueueConsumer:
         messages, self._running, self._hung = self._running, [], True
         error = TimeLimitExceeded(seconds)
         results = [self._task_result(m, states.FAILURE, error) for m in messages]
-        self._writes.put(_Done(messages, results, time.time(), seconds))
+        self._hand_to_writer(_Done(messages, results, time.time(), seconds))
         logger.error(
             "%s: predict() ran past time_limit=%ss; its %d task(s) fail with TimeLimitExceeded and this worker "
             "stops for its supervisor to start a fresh one",
@@ -404,6 +411,11 @@ class BatchedQueueConsumer:
 
     # -- writer ----------------------------------------------------------
 
+    def _hand_to_writer(self, done: _Done) -> None:
+        """Queue claimed messages for the writer; they count as held until it is done with them."""
+        self.batcher.hold(len(done))
+        self._writes.put(done)
+
     def _write_loop(self) -> None:
         while (job := self._writes.get()) is not None:
             try:
@@ -413,17 +425,21 @@ class BatchedQueueConsumer:
                     self._write(job)
             except Exception:  # messages stay unacked and come back later
                 logger.exception("%s: storing a batch failed; its messages stay unacknowledged", self.spec.queue)
+            finally:
+                if isinstance(job, _Done):
+                    self.batcher.release(len(job))
 
     def _write(self, done: _Done) -> None:
         terminated = self.held.release(done.messages)
         if terminated:
             done.results = [_terminated(r) if r.task_id in terminated else r for r in done.results]
+        done.results = self._guard_late(done.messages, done.results)
+        self._drop_finished_elsewhere(done)
         traced = {id(m): self._traced[id(m)] for m in done.messages if id(m) in self._traced} if self._traced else {}
         settled = self.tracer.settle(done.messages, done.results, traced) if traced else Settled(done.results)
-        stored = self._retry(
-            lambda: self.writer.write(self._guard_late(done.messages, settled.results)), "store results"
-        )
-        self._retry(lambda: self.queue.ack([m.claimed.tag for m in done.messages]), "acknowledge")
+        stored = self._retry(lambda: self.writer.write(settled.results), "store results")
+        acked = [m.claimed.tag for m in done.messages + done.duplicates]
+        self._retry(lambda: self.queue.ack(acked), "acknowledge")
         if traced:
             settled.results = stored
             self.tracer.finish(done.messages, settled, traced, done.runtime)
@@ -432,15 +448,41 @@ class BatchedQueueConsumer:
         for message, result in zip(done.messages, stored):
             if result.failed and not message.task_id:
                 logger.error("%s: dropped a message with no task id: %s", self.spec.queue, result.value)
+            if result.refused:
+                call_hooks(self.hooks, "after_skip", self.spec.task_name, result.task_id, "duplicate")
         self._send_events(done, stored)
-        failures = [r.value for r in stored if r.failed]
-        call_hooks(
-            self.hooks, "after_results", self.spec.task_name, len(stored) - len(failures), len(failures), failures
-        )
+        failures = [r.value for r in stored if r.failed and not r.refused]
+        succeeded = sum(1 for r in stored if not r.failed and not r.refused)
+        call_hooks(self.hooks, "after_results", self.spec.task_name, succeeded, len(failures), failures)
+
+    def _drop_finished_elsewhere(self, done: _Done) -> None:
+        """Move store-once tasks whose final result is already stored to ``done.duplicates``.
+
+        Their message ran twice (a redelivery, or a claim held past the
+        visibility timeout): the stored outcome stands, and this copy's
+        callbacks, retries and handlers must not run again. The store-once
+        script still guards the race with a result stored after this check.
+        """
+        candidates = [r.task_id for r in done.results if r.store_once and r.task_id]
+        if not candidates:
+            return
+        finished = self._retry(lambda: self.writer.already_final(candidates), "look up stored results")
+        if not finished:
+            return
+        kept: list[tuple[TaskMessage, TaskResult]] = []
+        for message, result in zip(done.messages, done.results):
+            if result.store_once and result.task_id in finished:
+                call_hooks(self.hooks, "after_skip", self.spec.task_name, result.task_id, "duplicate")
+                done.duplicates.append(message)
+                self._traced.pop(id(message), None)
+            else:
+                kept.append((message, result))
+        done.messages = [m for m, _ in kept]
+        done.results = [r for _, r in kept]
 
     def _send_events(self, done: _Done, stored: list[TaskResult]) -> None:
         """Task events are for observers: failing to send them is logged, never fatal."""
-        announced = [(m, r) for m, r in zip(done.messages, stored) if m.task_id]
+        announced = [(m, r) for m, r in zip(done.messages, stored) if m.task_id and not r.refused]
         if not announced:
             return
         received = [(m.received_fields, m.claimed_at) for m, _ in announced]

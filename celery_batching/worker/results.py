@@ -41,6 +41,8 @@ class TaskResult:
     #: The task's Celery request, when it has one: the stored record then carries what
     #: Celery's own worker stores from it (``result_extended`` fields, children).
     request: Any = None
+    #: Set by the writer: a store-once result refused because a final one was there (a duplicate run).
+    refused: bool = False
 
     @property
     def failed(self) -> bool:
@@ -80,7 +82,9 @@ class ResultWriter:
 
         A result the serializer cannot encode is stored as a FAILURE with
         :class:`~celery_batching.errors.ResultNotSerializable` instead, and
-        returned that way.
+        returned that way. A store-once result that found a final result
+        already stored comes back ``refused``: nothing of it was written or
+        published.
         """
         date_done = self.app.now().isoformat()
         encoded: list[tuple[TaskResult, str | bytes]] = []
@@ -91,10 +95,11 @@ class ResultWriter:
             if not result.ignore_result:
                 encoded.append((result, payload))
         if self._redis is not None:
-            self._write_redis(self._redis, encoded)
+            refused = self._write_redis(self._redis, encoded)
         else:
-            for result, _ in encoded:
-                self._write_generic(result)
+            refused = {result.task_id for result, _ in encoded if not self._write_generic(result)}
+        if refused:
+            final = [replace(r, refused=True) if r.store_once and r.task_id in refused else r for r in final]
         return final
 
     def already_final(self, task_ids: Sequence[str]) -> set[str]:
@@ -148,15 +153,19 @@ class ResultWriter:
             meta["parent_id"] = result.parent_id
         return meta
 
-    def _write_redis(self, backend: RedisBackend, encoded: list[tuple[TaskResult, str | bytes]]) -> None:
+    def _write_redis(self, backend: RedisBackend, encoded: list[tuple[TaskResult, str | bytes]]) -> set[str]:
+        """One pipeline for the batch; returns the ids of store-once results refused."""
         if not encoded:
-            return
+            return set()
         ttl = int(self.expires) if self.expires else 0
         replies: dict[str, list[str | bytes]] = {}
+        # Where in the pipeline's replies each store-once script answers (1 stored, 0 refused).
+        store_once_at: dict[int, str] = {}
         with backend.client.pipeline(transaction=False) as pipe:
             for result, payload in encoded:
                 key = backend.get_key_for_task(result.task_id)
                 if result.store_once:
+                    store_once_at[len(pipe.command_stack)] = result.task_id
                     self._store_once(keys=[key], args=[payload, ttl, result.reply_channel or ""], client=pipe)
                     continue
                 if ttl:
@@ -171,13 +180,22 @@ class ResultWriter:
                     pipe.publish(channel, payload)
             for channel, payloads in replies.items():
                 pipe.publish(channel, payloads[0] if len(payloads) == 1 else _json_array(payloads))
-            pipe.execute()
+            answers = pipe.execute()
+        return {task_id for position, task_id in store_once_at.items() if not answers[position]}
 
-    def _write_generic(self, result: TaskResult) -> None:
+    def _write_generic(self, result: TaskResult) -> bool:
+        """Celery's own store; a store-once result is refused (``False``) when a final one is there.
+
+        Not atomic as the Redis script is: another backend offers no such
+        primitive, so the check narrows the race rather than closing it.
+        """
+        if result.store_once and self.backend.get_state(result.task_id) in states.READY_STATES:
+            return False
         traceback = format_traceback(result.value) if result.state in _TRACEBACK_STATES else None
         self.backend.store_result(
             result.task_id, result.value, result.state, traceback=traceback, request=result.request
         )
+        return True
 
 
 def _json_array(payloads: list[str | bytes]) -> bytes:
