@@ -73,7 +73,8 @@ def main() -> None:
             ms = sorted(t * 1000 for t in times)
             p50, p99 = statistics.median(ms), ms[int(len(ms) * 0.99) - 1]
             print(f"depth read at {name}: p50 {p50:.3f} ms, p99 {p99:.3f} ms")
-        print(f"ratio of p50 read time, large to small depth: {statistics.median(large) / statistics.median(small):.2f}")
+        ratio = statistics.median(large) / statistics.median(small)
+        print(f"ratio of p50 read time, large to small depth: {ratio:.2f}")
     finally:
         server.cleanup()
 

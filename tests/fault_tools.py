@@ -89,6 +89,8 @@ class Broker:
         self.queue = prefix + queue
         self.unacked_key = prefix + "unacked"
         self.unacked_index_key = prefix + "unacked_index"
+        # The queue's own index of claims (celery_batching.worker.claim), beside kombu's shared one.
+        self.claimed_index_key = self.queue + "\x06\x16claimed"
         self.prefix = prefix
 
     def misplaced_keys(self) -> list[bytes]:
@@ -111,6 +113,10 @@ class Broker:
 
     def unacked_index(self) -> dict[str, float]:
         entries = self.client.zrange(self.unacked_index_key, 0, -1, withscores=True)
+        return {tag.decode(): score for tag, score in entries}
+
+    def claimed_index(self) -> dict[str, float]:
+        entries = self.client.zrange(self.claimed_index_key, 0, -1, withscores=True)
         return {tag.decode(): score for tag, score in entries}
 
     def queued_samples(self) -> list[Any]:

@@ -17,12 +17,12 @@ import time
 import urllib.request
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from celery_batching import submit_many
 from celery_batching.worker.claim import RedisQueue
 from celery_batching.worker.depth import DepthReader, visibility_timeout
 from tests.fault_tools import load_app
+from tests.scrape import scrape
 from tests.servers import ROOT, free_port, stop_process, wait_until
 
 APP = "tests.apps.timed"
@@ -147,14 +147,14 @@ def test_reading_costs_the_same_few_commands_whatever_the_depth(prefixed, queue,
 
 
 def depth_samples(port: int) -> dict[tuple[str, ...], float]:
-    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    """The depth series of a metrics page: (queue, state) -> value, and (queue, "oldest") -> age."""
     found = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == "celery_batching_queue_depth":
-                found[(sample.labels["queue"], sample.labels["state"])] = sample.value
-            elif sample.name == "celery_batching_oldest_waiting_seconds":
-                found[(sample.labels["queue"], "oldest")] = sample.value
+    for (name, pairs), sample in scrape(port).items():
+        labels = dict(pairs)
+        if name == "celery_batching_queue_depth":
+            found[(labels["queue"], labels["state"])] = sample
+        elif name == "celery_batching_oldest_waiting_seconds":
+            found[(labels["queue"], "oldest")] = sample
     return found
 
 

@@ -135,6 +135,7 @@ def test_kill_9_mid_batch_loses_nothing_and_announces_each_result_once(
     assert all(runs[x] == 2 for x in held)
     assert broker.snapshot() == (0, 0), "nothing left queued or claimed"
     assert broker.unacked_index() == {}, "no stale bookkeeping"
+    assert broker.claimed_index() == {}, "no stale claim in the queue's own index (the depth metric's)"
     assert broker.misplaced_keys() == []
 
 
@@ -190,6 +191,7 @@ def test_sigterm_finishes_the_running_batch_and_gives_the_rest_back_at_once(
     assert gather(results, timeout=30) == [2 * x for x in range(total)]
     wait_until(lambda: broker.snapshot() == (0, 0), 10, "every message acknowledged")
     assert broker.unacked_index() == {}
+    assert broker.claimed_index() == {}
     assert broker.misplaced_keys() == []
 
 
