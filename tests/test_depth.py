@@ -20,7 +20,7 @@ import pytest
 
 from celery_batching import submit_many
 from celery_batching.worker.claim import RedisQueue
-from celery_batching.worker.depth import DepthReader, visibility_timeout
+from celery_batching.worker.depth import DepthReader, sent_at, visibility_timeout
 from tests.fault_tools import load_app
 from tests.scrape import scrape
 from tests.servers import ROOT, free_port, stop_process, wait_until
@@ -141,6 +141,24 @@ def test_reading_costs_the_same_few_commands_whatever_the_depth(prefixed, queue,
     assert (reader.read().waiting, reader.read().claimed, reader.read().scheduled) == (501, 501, 1001)
     assert cost() == small
     assert small <= 20
+
+
+@pytest.mark.parametrize(
+    ("payload", "expected"),
+    [
+        (b'{"headers": {"batching_sent_at": 12.5}}', 12.5),
+        (b'{"headers": {"batching_sent_at": 12}}', 12.0),
+        (b'{"headers": {"id": "x"}}', None),  # sent by Celery's own path
+        (b'{"headers": {"batching_sent_at": true}}', None),
+        (b'{"headers": {"batching_sent_at": "12"}}', None),
+        (b'{"headers": []}', None),
+        (b"[1, 2]", None),
+        (b"not json", None),
+        (b"\xff\xfe", None),
+    ],
+)
+def test_the_send_time_of_any_message_or_none(payload, expected):
+    assert sent_at(payload) == expected
 
 
 # -- exported ------------------------------------------------------------------------------

@@ -38,7 +38,7 @@ class QueueDepth:
 
 
 class DepthReader:
-    """Reads one queue's :class:`QueueDepth` in a single script call."""
+    """Reads one queue's :class:`QueueDepth`: two script calls in one transaction."""
 
     def __init__(self, queue: RedisQueue, visibility_timeout: float) -> None:
         self.queue = queue
