@@ -19,6 +19,7 @@ import urllib.request
 import pytest
 
 from celery_batching import submit_many
+from celery_batching.deploy.cli import build_parser
 from celery_batching.worker.claim import RedisQueue
 from celery_batching.worker.depth import DepthReader, sent_at, visibility_timeout
 from tests.fault_tools import load_app
@@ -222,3 +223,10 @@ def _scrape_or_none(port: int) -> dict[tuple[str, ...], float] | None:
         return depth_samples(port) or None
     except OSError:
         return None
+
+
+@pytest.mark.parametrize("port", ["0", "70000", "http"])
+def test_the_exporter_refuses_a_port_that_is_not_one(port, capsys):
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["exporter", "-A", APP, "--port", port])
+    assert f"expected a port number 1-65535, got '{port}'" in capsys.readouterr().err
