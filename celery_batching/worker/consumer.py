@@ -61,8 +61,10 @@ logger = logging.getLogger(__name__)
 # Longest the fetcher waits on an empty queue before it looks around
 # (expired claims of dead workers, ETAs other workers scheduled).
 WAIT_SLICE_SECONDS = 1.0
-# How often the fetcher brings back messages whose claimer died (visibility timeout).
+# How often the fetcher brings back messages whose claimer died (visibility timeout), at most.
 RESTORE_EVERY_SECONDS = 10.0
+# Restores per visibility timeout when that is short: a dead worker's claims wait at most half a timeout more.
+RESTORES_PER_TIMEOUT = 2
 # Pause between retries while Redis is unreachable.
 RETRY_PAUSE_SECONDS = 0.5
 # How long a warm shutdown keeps retrying to store results before leaving the
@@ -134,6 +136,7 @@ class BatchedQueueConsumer:
             raise TypeError(f"celery-batching needs a Redis broker, not {self._connection.transport_cls!r}")
         self._kombu_channel = channel
         self._visibility_timeout = float(channel.visibility_timeout)
+        self._restore_every = min(RESTORE_EVERY_SECONDS, self._visibility_timeout / RESTORES_PER_TIMEOUT)
         self.queue = RedisQueue(channel.client, spec.queue, app.conf.broker_transport_options)
         self.watch = ArrivalWatch(own_connections(channel.pool), self.queue.list_keys, spec.queue)
         self._next_eta: float | None = None
@@ -333,7 +336,7 @@ class BatchedQueueConsumer:
         now = time.monotonic()
         if now < self._next_restore:
             return
-        self._next_restore = now + RESTORE_EVERY_SECONDS
+        self._next_restore = now + self._restore_every
         self._kombu_channel.qos.restore_visible(num=None, interval=1)
 
     # -- predictor hand-off ------------------------------------------------
