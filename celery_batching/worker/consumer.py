@@ -249,7 +249,10 @@ class BatchedQueueConsumer:
         if not claim.messages:
             self.watch.wait(self._idle_timeout())
             return
-        messages = self._park_future([self.decoder.decode(item) for item in claim.messages], now)
+        decoded = [self.decoder.decode(item) for item in claim.messages]
+        for message in decoded:
+            message.claimed_at = now  # the time Redis recorded the claim under, which restores compare with
+        messages = self._park_future(decoded, now)
         if messages:
             call_hooks(self.hooks, "after_claim", self.spec.task_name, len(messages), [m.queue_wait for m in messages])
             self._dispatch(messages)
@@ -356,7 +359,8 @@ class BatchedQueueConsumer:
             logger.exception("%s: preparing a batch's tasks failed", self.spec.queue)
             return
         if started:
-            self._writes.put(_Started([self.tracer.started_result(m, self._traced[id(m)]) for m in started]))
+            results = [self.tracer.started_result(m, self._traced[id(m)]) for m in started]
+            self._writes.put(_Started(self._guard_late(started, results)))
 
     def _hard_time_limit(self, seconds: float) -> None:
         """``predict`` ran past ``time_limit``: fail its tasks, and stop the worker for a fresh one.
@@ -499,10 +503,17 @@ class BatchedQueueConsumer:
 
         Such a message may have been restored and run by another worker, whose
         result the client may already have seen: it must not be overwritten.
+        Known late now, a result is store-once; sent in time, Redis still
+        checks as the write runs (a write sent into a cut link arrives when the
+        link is back, however late).
         """
-        restorable_before = time.time() - self._visibility_timeout
+        now = time.time()
         return [
-            replace(result, store_once=True) if message.claimed_at < restorable_before else result
+            replace(
+                result,
+                store_once=result.store_once or now > message.claimed_at + self._visibility_timeout,
+                late_after=message.claimed_at + self._visibility_timeout,
+            )
             for message, result in zip(messages, results)
         ]
 
