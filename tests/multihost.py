@@ -52,6 +52,7 @@ class MultiHost:
         self.redis: RedisServer | None = None
         self.workers: dict[str, Worker] = {}
         self.web: subprocess.Popen[bytes] | None = None
+        self._clients: dict[int, redis.Redis] = {}
 
     def start(self) -> MultiHost:
         try:
@@ -68,6 +69,8 @@ class MultiHost:
         return self
 
     def stop(self) -> None:
+        for client in self._clients.values():
+            client.close()
         for worker in self.workers.values():
             worker.stop()
         stop_process(self.web, 15)
@@ -141,12 +144,17 @@ class MultiHost:
         return answer
 
     def results_db(self) -> redis.Redis:
-        assert self.redis is not None
-        return self.redis.client(1)
+        """A client of the results database, kept for the run (a dropped client closes its pub/sub too)."""
+        return self._client(1)
 
     def broker_db(self) -> redis.Redis:
+        return self._client(0)
+
+    def _client(self, db: int) -> redis.Redis:
         assert self.redis is not None
-        return self.redis.client(0)
+        if db not in self._clients:
+            self._clients[db] = self.redis.client(db)
+        return self._clients[db]
 
     def host_of(self) -> dict[int, str]:
         """Worker process id -> host name (``ip netns exec`` execs the worker in place)."""
