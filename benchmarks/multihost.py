@@ -32,7 +32,7 @@ from typing import Any
 
 import redis
 
-from tests.fault_tools import RESULT_PREFIX
+from tests.fault_tools import Announcements
 from tests.multihost import CUT, SURVIVOR, MultiHost, new_workdir
 from tests.netns import netns_unavailable
 from tests.servers import wait_until
@@ -43,33 +43,18 @@ SECOND_RUN_OFFSET = 1_000_000
 REJOIN_OFFSET = 2_000_000
 
 
-class Stored:
-    """Listens to result announcements: when each sample's result was first stored, and how often."""
+class Stored(Announcements):
+    """Result announcements: how often each task's, and when each sample's result was first stored."""
 
     def __init__(self, client: redis.Redis) -> None:
+        super().__init__(client)
         self.first: dict[int, float] = {}
-        self.per_task: Counter[str] = Counter()
-        self._pubsub = client.pubsub(ignore_subscribe_messages=True)
-        self._pubsub.psubscribe(RESULT_PREFIX + "*")
-        self._pubsub.get_message(timeout=1)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._listen, daemon=True)
-        self._thread.start()
 
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join()
-        self._pubsub.close()
-
-    def _listen(self) -> None:
-        while not self._stop.is_set():
-            message = self._pubsub.get_message(timeout=0.1)
-            if message is None or message["type"] != "pmessage":
-                continue
-            self.per_task[message["channel"].decode()[len(RESULT_PREFIX) :]] += 1
-            meta = json.loads(message["data"])
-            if meta.get("status") == "SUCCESS":
-                self.first.setdefault(meta["result"] // 2, time.monotonic())
+    def heard(self, task_id: str, payload: bytes) -> None:
+        super().heard(task_id, payload)
+        meta = json.loads(payload)
+        if meta.get("status") == "SUCCESS":
+            self.first.setdefault(meta["result"] // 2, time.monotonic())
 
 
 def load(hosts: MultiHost, samples: list[int], clients: int, chunk: int) -> tuple[float, list[dict[str, Any]]]:
@@ -120,19 +105,28 @@ def cut_run(hosts: MultiHost, samples: list[int], args: argparse.Namespace, stor
 
 
 def rejoin(hosts: MultiHost, restored_at: float) -> float:
-    """Seconds from the link's return to host a's first batch of fresh samples."""
+    """Seconds from the link's return to host a's first batch of fresh samples.
+
+    Returns once those samples' requests are answered: host a's writer stores
+    in order, so its late batch from before the cut has been written by then.
+    """
     fresh: list[int] = []
+    requests: list[threading.Thread] = []
 
     def serves() -> bool:
         if hosts.runs_by_host(set(fresh))[CUT]:
             return True
         chunk = list(range(REJOIN_OFFSET + len(fresh), REJOIN_OFFSET + len(fresh) + 16))
         fresh.extend(chunk)
-        threading.Thread(target=hosts.post, args=(chunk,), daemon=True).start()
+        requests.append(threading.Thread(target=hosts.post, args=(chunk,), daemon=True))
+        requests[-1].start()
         return False
 
     wait_until(serves, 120, "host a to serve again", 0.05)
-    return time.monotonic() - restored_at
+    rejoined = time.monotonic() - restored_at
+    for request in requests:
+        request.join(120)
+    return rejoined
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -150,25 +144,23 @@ def main(argv: list[str] | None = None) -> int:
         print(f"multihost: cannot run here: {reason}", file=sys.stderr)
         return 2
     hosts = MultiHost(new_workdir(), args.visibility_timeout, args.batch_seconds).start()
-    stored = Stored(hosts.results_db())
     try:
-        first = list(range(args.tasks))
-        seconds, answers = load(hosts, first, args.clients, args.chunk)
-        second = list(range(SECOND_RUN_OFFSET, SECOND_RUN_OFFSET + args.tasks))
-        run = cut_run(hosts, second, args, stored)
-        time.sleep(1.0)  # a late announcement, if any, would come now
+        with Stored(hosts.results_db()) as stored:
+            first = list(range(args.tasks))
+            seconds, answers = load(hosts, first, args.clients, args.chunk)
+            second = list(range(SECOND_RUN_OFFSET, SECOND_RUN_OFFSET + args.tasks))
+            run = cut_run(hosts, second, args, stored)
         lines = [
             f"run 1, all links up: {per_host_line(hosts, first, seconds)}",
             f"run 2, host {CUT} cut {run['cut']:.1f} s: {per_host_line(hosts, second, run['seconds'])}",
         ]
         twice = sum(1 for count in hosts.records.runs("work").values() if count > 1)
     finally:
-        stored.close()
         hosts.stop()
         if not args.keep_logs:
             shutil.rmtree(hosts.workdir, ignore_errors=True)
     lost_count = lost(answers, first) + lost(run["answers"], second)
-    stored_twice = sum(1 for count in stored.per_task.values() if count > 1)
+    stored_twice = sum(1 for count in stored.counts.values() if count > 1)
     print(f"multihost: web host + worker hosts {CUT}, {SURVIVOR}; visibility_timeout={args.visibility_timeout}s")
     print("\n".join(lines))
     held = f"host {CUT}'s held batch ({run['held']} tasks)"

@@ -64,8 +64,7 @@ class Requests:
 
 def check_answers(answers: list[dict[str, Any]], samples: list[int]) -> list[str]:
     """Every sample came back doubled; returns the task ids."""
-    got = {s // 2: s for answer in answers for s in answer["results"]}
-    assert sorted(got) == sorted(samples)
+    assert sorted(value for answer in answers for value in answer["results"]) == sorted(2 * s for s in samples)
     return [task_id for answer in answers for task_id in answer["task_ids"]]
 
 
