@@ -21,8 +21,8 @@ ADDRESS_PREFIX = "10.213"
 OCTETS = range(0, 256)
 
 
-class NetnsUnavailable(RuntimeError):
-    """This machine cannot make network namespaces (not root, or no ``ip netns``)."""
+class IpFailed(RuntimeError):
+    """An ``ip`` command failed; the message is ip's own."""
 
 
 def netns_unavailable() -> str | None:
@@ -43,7 +43,7 @@ def ip(*args: str) -> str:
     """Run one ``ip`` command; its failure raises with ip's own message."""
     done = subprocess.run(["ip", *args], capture_output=True, text=True)
     if done.returncode != 0:
-        raise NetnsUnavailable(f"ip {' '.join(args)}: {done.stderr.strip()}")
+        raise IpFailed(f"ip {' '.join(args)}: {done.stderr.strip()}")
     return done.stdout
 
 
@@ -96,7 +96,10 @@ class Hosts:
 
     def _free_octets(self) -> list[int]:
         used = ip("-o", "-4", "addr", "show")
-        return [n for n in OCTETS if f" {ADDRESS_PREFIX}.{n}." not in used][: len(self.names)]
+        free = [n for n in OCTETS if f" {ADDRESS_PREFIX}.{n}." not in used][: len(self.names)]
+        if len(free) < len(self.names):
+            raise IpFailed(f"fewer than {len(self.names)} free /30 ranges left in {ADDRESS_PREFIX}.0.0/16")
+        return free
 
     def _make(self, name: str, index: int, octet: int) -> Host:
         host = Host(

@@ -72,7 +72,7 @@ class ResultWriter:
         # Backend.__init__ sets both; celery-types leaves them out of Backend.
         self.serializer: str = self.backend.serializer  # type: ignore[attr-defined]
         self.expires: float | None = self.backend.expires  # type: ignore[attr-defined]
-        #: The backend when it is Redis: then a batch is one pipeline.
+        #: The backend when it is Redis: then a batch is one script call.
         self._redis = self.backend if isinstance(self.backend, RedisBackend) else None
         if self._redis is not None:
             source = resources.files(__package__).joinpath("lua").joinpath("store_results.lua").read_text()
