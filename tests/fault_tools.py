@@ -206,7 +206,11 @@ class Announcements:
         while not self._stop.is_set():
             message = self._pubsub.get_message(timeout=0.1)
             if message is not None and message["type"] == "pmessage":
-                self.counts[message["channel"].decode()[len(RESULT_PREFIX) :]] += 1
+                self.heard(message["channel"].decode()[len(RESULT_PREFIX) :], message["data"])
+
+    def heard(self, task_id: str, payload: bytes) -> None:
+        """One announcement of ``task_id``'s result (a subclass may look at the payload too)."""
+        self.counts[task_id] += 1
 
 
 class TaskEventLog:

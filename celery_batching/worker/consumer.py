@@ -61,8 +61,10 @@ logger = logging.getLogger(__name__)
 # Longest the fetcher waits on an empty queue before it looks around
 # (expired claims of dead workers, ETAs other workers scheduled).
 WAIT_SLICE_SECONDS = 1.0
-# How often the fetcher brings back messages whose claimer died (visibility timeout).
+# How often the fetcher brings back messages whose claimer died (visibility timeout), at most.
 RESTORE_EVERY_SECONDS = 10.0
+# Restores per visibility timeout when that is short: a dead worker's claims wait at most half a timeout more.
+RESTORES_PER_TIMEOUT = 2
 # Pause between retries while Redis is unreachable.
 RETRY_PAUSE_SECONDS = 0.5
 # How long a warm shutdown keeps retrying to store results before leaving the
@@ -134,6 +136,7 @@ class BatchedQueueConsumer:
             raise TypeError(f"celery-batching needs a Redis broker, not {self._connection.transport_cls!r}")
         self._kombu_channel = channel
         self._visibility_timeout = float(channel.visibility_timeout)
+        self._restore_every = min(RESTORE_EVERY_SECONDS, self._visibility_timeout / RESTORES_PER_TIMEOUT)
         self.queue = RedisQueue(channel.client, spec.queue, app.conf.broker_transport_options)
         self.watch = ArrivalWatch(own_connections(channel.pool), self.queue.list_keys, spec.queue)
         self._next_eta: float | None = None
@@ -249,7 +252,10 @@ class BatchedQueueConsumer:
         if not claim.messages:
             self.watch.wait(self._idle_timeout())
             return
-        messages = self._park_future([self.decoder.decode(item) for item in claim.messages], now)
+        decoded = [self.decoder.decode(item) for item in claim.messages]
+        for message in decoded:
+            message.claimed_at = now  # the time Redis recorded the claim under, which restores compare with
+        messages = self._park_future(decoded, now)
         if messages:
             call_hooks(self.hooks, "after_claim", self.spec.task_name, len(messages), [m.queue_wait for m in messages])
             self._dispatch(messages)
@@ -336,7 +342,7 @@ class BatchedQueueConsumer:
         now = time.monotonic()
         if now < self._next_restore:
             return
-        self._next_restore = now + RESTORE_EVERY_SECONDS
+        self._next_restore = now + self._restore_every
         self._kombu_channel.qos.restore_visible(num=None, interval=1)
         self.queue.prune_claimed(self._visibility_timeout)
 
@@ -357,7 +363,8 @@ class BatchedQueueConsumer:
             logger.exception("%s: preparing a batch's tasks failed", self.spec.queue)
             return
         if started:
-            self._writes.put(_Started([self.tracer.started_result(m, self._traced[id(m)]) for m in started]))
+            results = [self.tracer.started_result(m, self._traced[id(m)]) for m in started]
+            self._writes.put(_Started(self._guard_late(started, results)))
 
     def _hard_time_limit(self, seconds: float) -> None:
         """``predict`` ran past ``time_limit``: fail its tasks, and stop the worker for a fresh one.
@@ -500,10 +507,17 @@ class BatchedQueueConsumer:
 
         Such a message may have been restored and run by another worker, whose
         result the client may already have seen: it must not be overwritten.
+        Known late now, a result is store-once; sent in time, Redis still
+        checks as the write runs (a write sent into a cut link arrives when the
+        link is back, however late).
         """
-        restorable_before = time.time() - self._visibility_timeout
+        now = time.time()
         return [
-            replace(result, store_once=True) if message.claimed_at < restorable_before else result
+            replace(
+                result,
+                store_once=result.store_once or now > message.claimed_at + self._visibility_timeout,
+                late_after=message.claimed_at + self._visibility_timeout,
+            )
             for message, result in zip(messages, results)
         ]
 
