@@ -44,8 +44,9 @@ def declare(app: Celery) -> tuple[BatchedTask[str, str], BatchedTask[int, int]]:
     return record, slow
 
 
-def make_app(broker: str = BROKER, **conf: object) -> Celery:
-    app = Celery("overload", broker=broker, backend=RESULTS)
+def make_app(broker: str = BROKER, results: str = RESULTS, **conf: object) -> Celery:
+    """An app of this module's tasks' own (declare them on it), with other broker settings than the workers'."""
+    app = Celery("overload", broker=broker, backend=results)
     app.conf.update(conf)
     return app
 
