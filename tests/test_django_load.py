@@ -42,6 +42,7 @@ def post_embed(url: str, text: str) -> tuple[int, dict]:
         return exc.code, json.loads(exc.read())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("redis_stalls", [False, True], ids=["steady", "redis-stalls"])
 def test_200_concurrent_requests_all_get_their_answer(site, embed_worker, redis_server, redis_stalls):
     # Given the site under gunicorn with 16 threads, and a live embed worker the site has seen

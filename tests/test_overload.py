@@ -14,6 +14,7 @@ import pytest
 from benchmarks.overload import Config, run
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(180)
 def test_ten_times_the_models_rate_is_shed_at_the_push_and_the_accepted_meet_their_deadline():
     # Given a model of 20 samples/s, a queue bound of 5 and a deadline of 30 s per request
