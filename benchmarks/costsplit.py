@@ -80,7 +80,7 @@ def _measure(url: str, model: str, fast: bool, batches: int) -> dict[str, float]
         ]
         spent["result encode"] += time.process_time() - start
         start = time.process_time()
-        writer._write_redis(encoded)
+        writer._write_redis(writer.backend, encoded)
         spent["result write"] += time.process_time() - start
         got = 0
         while got < BATCH:

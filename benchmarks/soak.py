@@ -1,6 +1,7 @@
 """Soak run: many tasks through workers that keep being killed; nothing may be lost.
 
-``python -m benchmarks.soak [--tasks 100000] [--workers 3] [--fault-every 4]``
+``python -m benchmarks.soak [--tasks 100000] [--workers 3] [--fault-every 4] [--prefix tenant:]
+[--write-latency 0.1]``
 
 A private redis-server, ``--workers`` celery workers of ``tests.apps.faulty``
 (its ``faulty.soak`` task), and ``--clients`` client threads that each send
@@ -8,6 +9,10 @@ chunks with ``submit_many`` and wait on them with ``gather``. Meanwhile a
 supervisor picks a worker at random every few seconds, sends it SIGKILL or
 SIGTERM, and starts it again. A few samples are poison (they crash their
 batch). Worker 0 is never faulted: its memory over the run is the RSS figure.
+Two more faults on request: ``--prefix`` runs client and workers under kombu's
+``global_keyprefix``; ``--write-latency`` puts the workers' result backend
+behind a proxy that delays every command (a slow result store, which must slow
+claiming rather than let claims outlive the visibility timeout).
 
 It reports lost tasks (no final result in the end: must be 0), wrong results,
 samples the model ran more than once (expected after kills: at-least-once),
@@ -18,7 +23,9 @@ when anything was lost or wrong. Not part of the test suite (minutes long).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import random
 import signal
 import sys
@@ -32,7 +39,8 @@ from pathlib import Path
 import psutil
 
 from celery_batching import gather, submit_many
-from tests.fault_tools import Announcements, Records, load_app
+from tests.fault_tools import Announcements, Broker, Records, load_app
+from tests.proxy import LatencyProxy
 from tests.servers import RedisServer, Worker, wait_until
 
 APP = "tests.apps.faulty"
@@ -41,6 +49,8 @@ QUEUE = "faulty.soak"
 VISIBILITY_TIMEOUT = "5"
 # Longest a client waits for one chunk: a kill costs up to the visibility timeout plus a restore cycle.
 CHUNK_TIMEOUT = 300.0
+# Longest the end of a run waits for leftover claims: the visibility timeout plus two restore cycles, with margin.
+DRAIN_SECONDS = float(VISIBILITY_TIMEOUT) + 30.0
 
 
 @dataclass
@@ -149,6 +159,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--predict-seconds", type=float, default=0.005, help="time one predict takes (so kills land mid-batch)"
     )
+    parser.add_argument("--prefix", default="", help="kombu's global_keyprefix for client and workers")
+    parser.add_argument(
+        "--write-latency", type=float, default=0.0, help="seconds added to each command the workers send the backend"
+    )
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--keep-logs", action="store_true")
     args = parser.parse_args(argv)
@@ -156,12 +170,19 @@ def main(argv: list[str] | None = None) -> int:
 
     record_dir = Path(tempfile.mkdtemp(prefix="cb-soak-"))
     redis_server = RedisServer().start()
+    proxies = contextlib.ExitStack()
+    slow_backend = None
+    if args.write_latency:
+        slow_backend = proxies.enter_context(LatencyProxy(redis_server.port, args.write_latency))
     env = {
         "CB_RECORD_DIR": str(record_dir),
         "CB_VISIBILITY_TIMEOUT": VISIBILITY_TIMEOUT,
         "CB_BATCH_SECONDS": str(args.predict_seconds),
+        "CB_KEYPREFIX": args.prefix,
+        **({"CB_TEST_BACKEND": slow_backend.url(1)} if slow_backend else {}),
     }
     supervisor = Supervisor(redis_server.url(0), args.workers, env, rng)
+    os.environ["CB_KEYPREFIX"] = args.prefix  # for the client's copy of the app
     app = load_app(APP, redis_server.url(0))
     samples = sample_plan(args.tasks, args.poison_rate, rng)
     chunks = [samples[i : i + args.chunk] for i in range(0, len(samples), args.chunk)]
@@ -175,9 +196,11 @@ def main(argv: list[str] | None = None) -> int:
                 30,
                 "every announcement to arrive",
             )
-        report.update(settle(redis_server, samples, record_dir, announced, tally))
+        report["drain_seconds"] = drain(Broker(redis_server.client(0), QUEUE, args.prefix))
+        report.update(settle(redis_server, samples, record_dir, announced, tally, args.prefix))
     finally:
         supervisor.stop()
+        proxies.close()
         redis_server.cleanup()
     report["faults"] = dict(supervisor.faults)
     print(json.dumps(report, indent=2))
@@ -232,8 +255,29 @@ def run(args, app, chunks: list[list[int]], supervisor: Supervisor, tally: Tally
     }
 
 
+def drain(broker: Broker) -> float | None:
+    """Wait for the queue and the claims to empty; seconds it took, ``None`` if they did not.
+
+    A worker killed after storing a batch but before acknowledging it leaves
+    claims whose results are all in: restored after the visibility timeout,
+    they are acknowledged as duplicates without running again.
+    """
+    began = time.monotonic()
+    deadline = began + DRAIN_SECONDS
+    while broker.snapshot() != (0, 0):
+        if time.monotonic() > deadline:
+            return None
+        time.sleep(0.2)
+    return round(time.monotonic() - began, 1)
+
+
 def settle(
-    redis_server: RedisServer, samples: list[int], record_dir: Path, announced: Announcements, tally: Tally
+    redis_server: RedisServer,
+    samples: list[int],
+    record_dir: Path,
+    announced: Announcements,
+    tally: Tally,
+    prefix: str,
 ) -> dict:
     """Compare what should exist with what Redis and the model's records say."""
     results = redis_server.client(1)
@@ -242,7 +286,8 @@ def settle(
     runs = records.runs("soak")
     starts = records.runs("soak-start")
     near_poison = {s for call in records.calls("soak-start") if min(call["batch"]) < 0 for s in call["batch"]}
-    broker = redis_server.client(0)
+    broker = Broker(redis_server.client(0), QUEUE, prefix)
+    queued, unacked = broker.snapshot()
     return {
         "succeeded": tally.succeeded,
         "poison_failed": tally.poison_failed,
@@ -253,8 +298,10 @@ def settle(
         "slowest_chunk_seconds": round(max(tally.chunk_seconds, default=0.0), 1),
         "chunks_slower_than_visibility_timeout": sum(1 for t in tally.chunk_seconds if t > float(VISIBILITY_TIMEOUT)),
         "results_stored": stored,
-        "left_queued": broker.llen("faulty.soak"),
-        "left_unacked": broker.hlen("unacked"),
+        "left_queued": queued,
+        "left_unacked": unacked,
+        "stale_unacked_index": len(broker.unacked_index()),
+        "misplaced_keys": len(broker.misplaced_keys()),
         "samples_started_again": sum(1 for s, count in starts.items() if count > 1 and s not in near_poison),
         "executions_beyond_first": sum(count - 1 for count in runs.values() if count > 1),
         "samples_run_more_than_once": sum(1 for count in runs.values() if count > 1),

@@ -35,8 +35,10 @@ _EXPORTS = {
             "InvalidTaskCall",
             "MalformedMessage",
             "ModelLoadError",
+            "QueueFull",
             "ResultNotSerializable",
             "SampleTooLarge",
+            "SendOutcomeUnknown",
         )
     },
 }
@@ -59,8 +61,10 @@ if TYPE_CHECKING:  # `X as X`: explicit re-exports, for type checkers
         InvalidTaskCall as InvalidTaskCall,
         MalformedMessage as MalformedMessage,
         ModelLoadError as ModelLoadError,
+        QueueFull as QueueFull,
         ResultNotSerializable as ResultNotSerializable,
         SampleTooLarge as SampleTooLarge,
+        SendOutcomeUnknown as SendOutcomeUnknown,
     )
     from .models.base import ManagedModel as ManagedModel
 

@@ -109,3 +109,37 @@ class DecompressedSampleTooLarge(SampleTooLarge):
             f"{task_name}: sample of {compressed_size} compressed bytes decompresses to more than "
             f"max_sample_bytes={limit} bytes"
         )
+
+
+class QueueFull(BatchingError):
+    """A batched queue is at its ``max_queue_depth``: the call is refused at once, nothing is sent."""
+
+    def __init__(self, queue: str, depth: int, bound: int, incoming: int = 1) -> None:
+        super().__init__(queue, depth, bound, incoming)
+
+    def __str__(self) -> str:
+        queue, depth, bound, incoming = self.args
+        return (
+            f"queue {queue!r} holds {depth} waiting message(s); {incoming} more would pass its "
+            f"max_queue_depth={bound}; try again later, or add workers"
+        )
+
+
+class SendOutcomeUnknown(BatchingError):
+    """The push of a call's messages was not confirmed, even after the publish retry policy.
+
+    The messages may or may not be on the queue. Their task ids are fixed, so
+    ``AsyncResult(task_id).get()`` still works if they are; a send of the same
+    first task id again within the sent marker's life pushes nothing twice.
+    """
+
+    def __init__(self, task_name: str, task_ids: list[str], attempts: int, reason: str) -> None:
+        super().__init__(task_name, task_ids, attempts, reason)
+
+    def __str__(self) -> str:
+        task_name, task_ids, attempts, reason = self.args
+        shown = ", ".join(task_ids[:3]) + (f" and {len(task_ids) - 3} more" if len(task_ids) > 3 else "")
+        return (
+            f"{task_name}: sending task id(s) {shown} was not confirmed after {attempts} attempt(s) ({reason}); "
+            f"they may be queued: get() their results, or send again with the same task_id (never pushed twice)"
+        )

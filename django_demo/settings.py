@@ -9,7 +9,7 @@ Flower (through ``CELERY_*``), so one set of variables describes a deployment:
 - ``DJANGO_ALLOWED_HOSTS``: comma-separated host names (``localhost,127.0.0.1,[::1]``).
 - ``FILL_MASK_CHECKPOINT``: a local masked-LM directory (e.g. bert-base-uncased);
   unset, the fill-mask endpoint explains how to set it.
-- ``DEMO_*``: request limits and waits, below.
+- ``DEMO_*``: request limits, waits and the queue bound, below.
 - ``DEMO_RESULT_BACKEND``: ``redis`` (default: results in Redis, the fast path) or
   ``django-db`` (django-celery-results: results in the database named by
   ``DEMO_RESULTS_DB``, a SQLite file, ``results.sqlite3`` by default; run
@@ -75,6 +75,8 @@ ASGI_APPLICATION = "django_demo.asgi.application"
 TEMPLATES = [{"BACKEND": "django.template.backends.django.DjangoTemplates", "APP_DIRS": True, "OPTIONS": {}}]
 DATABASES: dict = {}
 USE_TZ = True
+# The server's clock zone, in its logs too: UTC, whatever the host says.
+TIME_ZONE = "UTC"
 SECURE_CONTENT_TYPE_NOSNIFF = True
 
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -107,6 +109,11 @@ DEMO_MAX_TEXTS = int(env_number("DEMO_MAX_TEXTS", 32, int, minimum=1))
 DEMO_MAX_TEXT_CHARS = int(env_number("DEMO_MAX_TEXT_CHARS", 1000, int, minimum=1))
 # Seconds a view waits for its results before answering 504 and revoking the tasks.
 DEMO_RESULT_TIMEOUT = env_number("DEMO_RESULT_TIMEOUT", 10.0)
+# Samples that may wait on each batched queue; past it a request answers 503 at once (0: no bound).
+# Choose about the workers' rate (samples/s) times DEMO_RESULT_TIMEOUT: a sample admitted then is served in time.
+DEMO_MAX_QUEUE_DEPTH = int(env_number("DEMO_MAX_QUEUE_DEPTH", 2000, int))
+# Seconds a 503 answer tells the client to wait before trying again (Retry-After).
+DEMO_RETRY_AFTER = int(env_number("DEMO_RETRY_AFTER", 1, int))
 # How often (seconds) each web process asks the workers which queues they consume,
 # how long it waits for their replies, and for how long a reply counts as alive.
 DEMO_WORKER_POLL_INTERVAL = env_number("DEMO_WORKER_POLL_INTERVAL", 2.0, minimum=1.0)
@@ -118,6 +125,7 @@ INFERENCE_NAIVE = env_bool("INFERENCE_NAIVE", False)
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "handlers": {"console": {"class": "logging.StreamHandler"}},
+    "formatters": {"utc": {"()": "django_demo.log_format.UTCFormatter"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "utc"}},
     "root": {"handlers": ["console"], "level": os.environ.get("DJANGO_LOG_LEVEL", "INFO")},
 }

@@ -4,6 +4,12 @@ from django.urls import path
 
 from django_demo.inference import views
 
+# Errors Django answers itself are JSON too, as every answer of the API.
+handler400 = views.bad_request
+handler403 = views.forbidden
+handler404 = views.not_found
+handler500 = views.server_error
+
 urlpatterns = [
     path("", views.index, name="index"),
     path("healthz", views.healthz, name="healthz"),

@@ -14,6 +14,13 @@ if ! command -v redis-server >/dev/null 2>&1; then
     (service redis-server stop || systemctl stop redis-server) >/dev/null 2>&1 || true
 fi
 
+if ! command -v ip >/dev/null 2>&1; then
+    echo "==> installing iproute2 (ip netns, for tests/test_multihost.py)"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq iproute2 >/dev/null
+fi
+
 if [ ! -x .venv/bin/python ]; then
     echo "==> creating .venv"
     python3 -m venv .venv

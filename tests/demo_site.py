@@ -86,7 +86,7 @@ def embed_worker(redis_server: RedisServer, tiny_checkpoint: str, demo_site: dic
 class WebServer:
     """The demo site under gunicorn (as deployed), on a free loopback port."""
 
-    def __init__(self, env: dict[str, str], log_path: str) -> None:
+    def __init__(self, env: dict[str, str], log_path: str, threads: int = 4) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
@@ -100,7 +100,7 @@ class WebServer:
             "--workers",
             "1",
             "--threads",
-            "4",
+            str(threads),
         ]
         with open(log_path, "wb") as log:
             self.process = subprocess.Popen(
@@ -132,7 +132,7 @@ def client(demo_site: dict[str, str]):
     return Client()
 
 
-def post(client, path: str, payload: object = None, raw: str | None = None):
+def post(client, path: str, payload: object = None, raw: str | bytes | None = None):
     """POST ``payload`` as JSON (or ``raw`` as the body, for malformed ones)."""
     body = raw if raw is not None else json.dumps(payload)
     return client.post(path, data=body, content_type="application/json")

@@ -82,21 +82,42 @@ class Records:
 
 
 class Broker:
-    """Reads kombu's bookkeeping for one queue straight from Redis."""
+    """Reads kombu's bookkeeping for one queue straight from Redis (under kombu's ``global_keyprefix``)."""
 
-    def __init__(self, client: redis.Redis, queue: str) -> None:
+    def __init__(self, client: redis.Redis, queue: str, prefix: str = "") -> None:
         self.client = client
-        self.queue = queue
+        self.queue = prefix + queue
+        self.unacked_key = prefix + "unacked"
+        self.unacked_index_key = prefix + "unacked_index"
+        # The queue's own index of claims (celery_batching.worker.claim), beside kombu's shared one.
+        self.claimed_index_key = self.queue + "\x06\x16claimed"
+        self.prefix = prefix
+
+    def misplaced_keys(self) -> list[bytes]:
+        """Keys of kombu's bookkeeping outside the prefix, or under it twice (a prefixing bug's traces)."""
+        if not self.prefix:
+            return []
+        unprefixed = {name.encode() for name in ("unacked", "unacked_index", self.queue[len(self.prefix) :])}
+        return [
+            key
+            for key in self.client.keys("*")
+            if key.startswith((self.prefix * 2).encode()) or key.split(b"\x06")[0] in unprefixed
+        ]
 
     def queued(self) -> list[dict[str, Any]]:
         return [json.loads(raw) for raw in self.client.lrange(self.queue, 0, -1)]
 
     def unacked(self) -> dict[str, Any]:
         """Delivery tag -> the message recorded as claimed and not yet acknowledged."""
-        return {tag.decode(): json.loads(raw)[0] for tag, raw in self.client.hgetall("unacked").items()}
+        return {tag.decode(): json.loads(raw)[0] for tag, raw in self.client.hgetall(self.unacked_key).items()}
 
     def unacked_index(self) -> dict[str, float]:
-        return {tag.decode(): score for tag, score in self.client.zrange("unacked_index", 0, -1, withscores=True)}
+        entries = self.client.zrange(self.unacked_index_key, 0, -1, withscores=True)
+        return {tag.decode(): score for tag, score in entries}
+
+    def claimed_index(self) -> dict[str, float]:
+        entries = self.client.zrange(self.claimed_index_key, 0, -1, withscores=True)
+        return {tag.decode(): score for tag, score in entries}
 
     def queued_samples(self) -> list[Any]:
         return [sample_of(message) for message in self.queued()]
@@ -108,7 +129,7 @@ class Broker:
         """(queue length, unacked count) read atomically."""
         with self.client.pipeline(transaction=True) as pipe:
             pipe.llen(self.queue)
-            pipe.hlen("unacked")
+            pipe.hlen(self.unacked_key)
             queued, unacked = pipe.execute()
         return queued, unacked
 
@@ -185,4 +206,47 @@ class Announcements:
         while not self._stop.is_set():
             message = self._pubsub.get_message(timeout=0.1)
             if message is not None and message["type"] == "pmessage":
-                self.counts[message["channel"].decode()[len(RESULT_PREFIX) :]] += 1
+                self.heard(message["channel"].decode()[len(RESULT_PREFIX) :], message["data"])
+
+    def heard(self, task_id: str, payload: bytes) -> None:
+        """One announcement of ``task_id``'s result (a subclass may look at the payload too)."""
+        self.counts[task_id] += 1
+
+
+class TaskEventLog:
+    """Counts Celery task events (``task-succeeded``, ...) per task id, read off the broker's pub/sub.
+
+    Celery's event exchange is a kombu fanout, which the Redis transport
+    publishes on channels named after the exchange; the log subscribes to
+    them all, as a monitor (Flower) would, and decodes each message's body.
+    """
+
+    def __init__(self, broker: redis.Redis) -> None:
+        self.counts: Counter = Counter()
+        self._pubsub = broker.pubsub(ignore_subscribe_messages=True)
+        self._pubsub.psubscribe("*celeryev*")
+        self._pubsub.get_message(timeout=1)  # subscribed before anything is sent
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._listen, daemon=True)
+
+    def __enter__(self) -> TaskEventLog:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._pubsub.close()
+
+    def count(self, event_type: str, task_id: str) -> int:
+        return self.counts[event_type, task_id]
+
+    def _listen(self) -> None:
+        while not self._stop.is_set():
+            message = self._pubsub.get_message(timeout=0.1)
+            if message is not None and message["type"] == "pmessage":
+                envelope = json.loads(message["data"])
+                event = json.loads(base64.b64decode(envelope["body"]))
+                for one in event if isinstance(event, list) else [event]:  # Celery may group events
+                    if "uuid" in one:
+                        self.counts[one["type"], one["uuid"]] += 1

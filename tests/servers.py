@@ -53,9 +53,15 @@ def stop_process(process: subprocess.Popen | None, grace: float = 30) -> None:
 
 
 class RedisServer:
-    """A private redis-server on a free loopback port."""
+    """A private redis-server on a free loopback port (and on ``also_bind`` addresses, ours too)."""
 
-    def __init__(self, port: int | None = None, password: str | None = None, appendonly: bool = False) -> None:
+    def __init__(
+        self,
+        port: int | None = None,
+        password: str | None = None,
+        appendonly: bool = False,
+        also_bind: list[str] | None = None,
+    ) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
             raise RuntimeError("redis-server is not installed: run scripts/setup.sh (apt-get install redis-server)")
@@ -68,6 +74,7 @@ class RedisServer:
             str(self.port),
             "--bind",
             "127.0.0.1",
+            *(also_bind or []),
             "--dir",
             self.dir,
             "--save",
@@ -81,9 +88,9 @@ class RedisServer:
             self.args += ["--requirepass", password]
         self.process: subprocess.Popen[bytes] | None = None
 
-    def url(self, db: int = 0) -> str:
+    def url(self, db: int = 0, address: str = "127.0.0.1") -> str:
         auth = f":{self.password}@" if self.password else ""
-        return f"redis://{auth}127.0.0.1:{self.port}/{db}"
+        return f"redis://{auth}{address}:{self.port}/{db}"
 
     def client(self, db: int = 0) -> redis.Redis:
         return redis.Redis.from_url(self.url(db))
@@ -113,7 +120,10 @@ class RedisServer:
 
 
 class Worker:
-    """A real ``celery -A module worker`` subprocess (run by ``python``: another venv's, for another Celery)."""
+    """A real ``celery -A module worker`` subprocess.
+
+    Run by ``python`` (another venv's, for another Celery) under ``prefix`` (``ip netns exec ns``).
+    """
 
     def __init__(
         self,
@@ -122,6 +132,7 @@ class Worker:
         *args: str,
         name: str | None = None,
         env: dict[str, str] | None = None,
+        prefix: list[str] | None = None,
         python: str = sys.executable,
     ) -> None:
         self.name = name or f"w{free_port()}@localhost"
@@ -134,6 +145,7 @@ class Worker:
             **(env or {}),
         }
         self.argv = [
+            *(prefix or []),
             python,
             "-m",
             "celery",

@@ -109,6 +109,33 @@ def test_room_is_one_batch_beyond_the_running_one():
     batcher.stop()
 
 
+def test_finished_batches_count_against_room_until_released():
+    # Given a batcher whose feeder holds finished batches until it has stored them
+    handed_over: list[BatchReport] = []
+    done = threading.Event()
+    batcher = Batcher(
+        "t",
+        RecordingModel().predict,
+        FlushPolicy(max_batch_size=4),
+        lambda report: (handed_over.append(report), done.set()),
+        hold_done=True,
+    )
+    batcher.start()
+    # When a batch finishes and the feeder has not released it yet
+    batcher.put([Request(i) for i in range(4)])
+    assert done.wait(5)
+    # Then there is no room: the unstored batch is the one batch beyond the (idle) model
+    assert batcher.room() == 0
+    assert batcher.wait_for_room(0.01) == 0
+    # And its release (also its own hold of the feeder's) gives the room back
+    batcher.hold(1)
+    batcher.release(4)
+    assert batcher.wait_for_room(5) == 3
+    batcher.release(1)
+    assert batcher.room() == 4
+    batcher.stop()
+
+
 def test_stop_finishes_the_running_batch_and_returns_the_unstarted():
     model = RecordingModel()
     model.release.clear()

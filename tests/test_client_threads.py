@@ -2,7 +2,8 @@
 
 Real redis-server and ``celery worker``. The two causes of the replies lost
 with a Celery 5.6 client (issue 12), each shown on its own: kombu's bounded
-connection pool sent the calls past its bound through Celery's path, and
+connection pool sent the calls past its bound through Celery's path (a push
+now waits for a free connection instead: client/push.py), and
 results fulfilled in one thread unsubscribed on the result consumer of the
 thread that built the reply hub, which Celery before 5.7 does not lock
 (tests/version_client.py counts those UNSUBSCRIBEs on each Celery version, and
@@ -19,7 +20,7 @@ from types import ModuleType
 
 import pytest
 
-from celery_batching.client.publish import _publishers
+from celery_batching.client.push import pushers
 from celery_batching.client.replies import BatchedResult, reply_hub
 
 POOL_SIZE = 2
@@ -34,9 +35,9 @@ def versions(app_module_env: None) -> Iterator[ModuleType]:
 
 
 def test_more_threads_sending_than_the_pool_holds_all_take_the_fast_path(versions, redis_server):
-    # Given a publisher whose kombu pool holds two connections
-    publisher = _publishers.get(versions.app)
-    assert publisher.client.connection_pool.max_connections == POOL_SIZE
+    # Given a pusher whose kombu pool holds two connections
+    pusher = pushers.get(versions.app)
+    assert pusher.client.connection_pool.max_connections == POOL_SIZE
     # When eight threads send at once, while Redis holds every write (so each push keeps its connection)
     threads = 4 * POOL_SIZE
     barrier = threading.Barrier(threads + 1)
@@ -50,7 +51,8 @@ def test_more_threads_sending_than_the_pool_holds_all_take_the_fast_path(version
         sent = [pool.submit(send, x) for x in range(threads)]
         barrier.wait()
         results = [future.result() for future in sent]
-    # Then none fell back to Celery's path (kombu's MaxConnectionsError is a ConnectionError)
+    # Then each waited for a free connection: none failed or fell back to Celery's path (kombu's
+    # MaxConnectionsError is a ConnectionError)
     assert [type(r) for r in results] == [BatchedResult] * threads
     assert redis_server.client().llen(versions.echo.batch_queue) == threads
 

@@ -20,6 +20,7 @@ pytestmark = pytest.mark.usefixtures("embed_worker")
 
 
 LONG = "word " * 250  # 1250 characters: over the default limit of 1000
+DEEP = "[" * 1000 + "]" * 1000  # JSON nested 1,000 deep in 2 KB
 
 BAD_INPUTS = [
     ("/api/embed", None, "{not json", "the request body is not valid JSON"),
@@ -38,6 +39,14 @@ BAD_INPUTS = [
     ("/api/similarity", {"query": "a", "texts": [""]}, None, '"texts"[0] is empty'),
     ("/api/fill-mask", {"text": "no mask here"}, None, '"text" has no [MASK]; put [MASK] where the missing word goes'),
     ("/api/fill-mask", {"texts": ["a [MASK]", "none"]}, None, '"texts"[1] has no [MASK]'),
+    ("/api/embed", None, DEEP, "the request body nests too deep to read"),
+    ("/api/embed", None, '{"text": ' + DEEP + "}", "the request body nests too deep to read"),
+    ("/api/embed", None, '{"text": "a\\ud800b"}', "\"text\" is not valid Unicode: '\\ud800' at index 1 is half"),
+    ("/api/embed", None, '{"texts": ["ok", "\\udfff"]}', '"texts"[1] is not valid Unicode'),
+    ("/api/embed", None, b'{"text": "a\xed\xa0\x80b"}', '"text" is not valid Unicode'),  # a surrogate in UTF-8
+    ("/api/embed", None, b'{"text": "\xff"}', "the request body is not valid JSON"),  # not UTF-8
+    ("/api/embed", None, '{"text": ' + "1" * 5000 + "}", "the request body is not valid JSON"),  # too long an int
+    ("/api/embed", None, '{"text": NaN}', '"text" must be a string, got a number'),
 ]
 
 

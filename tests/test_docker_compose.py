@@ -89,6 +89,25 @@ def test_one_worker_per_gpu_each_pinned_to_its_own(compose):
     assert len(set(host_ports)) == 2
 
 
+def test_workers_are_healthy_only_when_ready(compose):
+    for name in ("worker-gpu0", "worker-gpu1"):
+        service = compose["services"][name]
+        check = " ".join(service["healthcheck"]["test"])
+        port = service["environment"]["CELERY_BATCHING_METRICS_PORT"]
+        assert f"http://127.0.0.1:{port}/ready" in check, check
+        assert int(service["healthcheck"]["start_period"].rstrip("s")) >= 300  # a model's load time
+
+
+def healthcheck(compose: dict, service: str, port: int) -> subprocess.CompletedProcess[str]:
+    """A service's healthcheck command, run here, aimed at ``port``."""
+    program, *args = compose["services"][service]["healthcheck"]["test"][1:]
+    assert program == "python"
+    code = args[-1]
+    for default in (":9100/", ":8000/"):
+        code = code.replace(default, f":{port}/")
+    return subprocess.run([sys.executable, *args[:-1], code], capture_output=True, text=True, check=False)
+
+
 def test_web_and_flower_commands(compose):
     assert command(compose, "web")[:2] == ["gunicorn", "django_demo.wsgi"]
     flower = command(compose, "flower", references=True)
@@ -251,7 +270,7 @@ def stack(compose, tmp_path) -> Iterator[dict]:
             with_option(flower_argv, "--port", str(ports["flower"])), env_of("flower"), tmp_path / "flower.log"
         )
         started.append(flower)
-        yield {"redis": client, "ports": ports, "worker": worker, "web": web, "flower": flower}
+        yield {"compose": compose, "redis": client, "ports": ports, "worker": worker, "web": web, "flower": flower}
     finally:
         for process in reversed(started):
             if isinstance(process, Service):
@@ -298,6 +317,10 @@ def test_compose_commands_serve(stack):
             return False
 
     wait_until(embedded, 30, "an embedding from the site", interval=0.5)
+
+    # The compose healthchecks pass: the worker is ready (model loaded, claiming), the site answers
+    assert healthcheck(stack["compose"], "worker-gpu0", ports["metrics"]).returncode == 0
+    assert healthcheck(stack["compose"], "web", ports["web"]).returncode == 0
 
     # The worker exports its metrics, and Flower answers
     wait_until(

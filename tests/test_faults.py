@@ -31,9 +31,11 @@ from tests.fault_tools import (
     Conservation,
     Gate,
     Records,
+    TaskEventLog,
     count_results,
     load_app,
 )
+from tests.scrape import scrape, value
 from tests.servers import RedisServer, Worker, free_port, wait_until
 
 APP = "tests.apps.faulty"
@@ -43,8 +45,17 @@ SHORT_VISIBILITY = "2"
 
 
 @pytest.fixture
-def faulty(app_module_env):
-    return importlib.import_module(APP)
+def prefix() -> str:
+    """kombu's ``global_keyprefix`` for client and workers; tests parametrize it."""
+    return ""
+
+
+@pytest.fixture
+def faulty(app_module_env, prefix, redis_url, monkeypatch):
+    if not prefix:
+        return importlib.import_module(APP)
+    monkeypatch.setenv("CB_KEYPREFIX", prefix)  # for the workers started, which inherit the environment
+    return load_app(APP, redis_url)
 
 
 @pytest.fixture
@@ -58,13 +69,17 @@ def gate(tmp_path: Path) -> Gate:
 
 
 @pytest.fixture
-def broker(faulty, redis_server) -> Broker:
-    return Broker(redis_server.client(0), WORK)
+def broker(faulty, redis_server, prefix) -> Broker:
+    return Broker(redis_server.client(0), WORK, prefix)
 
 
 @pytest.fixture
 def results_db(redis_server):
     return redis_server.client(1)
+
+
+def metrics_env(port: int) -> dict[str, str]:
+    return {"CELERY_BATCHING_METRICS_PORT": str(port), "CELERY_BATCHING_METRICS_ADDR": "127.0.0.1"}
 
 
 def worker_env(records: Records, gate: Gate | None = None, **extra: str) -> dict[str, str]:
@@ -77,8 +92,9 @@ def worker_env(records: Records, gate: Gate | None = None, **extra: str) -> dict
 # -- kill -9 ------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("prefix", ["", "tenant:"], ids=["no-prefix", "global-keyprefix"])
 def test_kill_9_mid_batch_loses_nothing_and_announces_each_result_once(
-    faulty, start_worker, records, gate, broker, results_db, redis_server
+    faulty, start_worker, records, gate, broker, results_db, redis_server, prefix
 ):
     # Given a client waiting on 200 tasks, and a worker held in its 4th batch
     total = 200
@@ -118,6 +134,9 @@ def test_kill_9_mid_batch_loses_nothing_and_announces_each_result_once(
     assert all(runs[x] >= 1 for x in range(total))
     assert all(runs[x] == 2 for x in held)
     assert broker.snapshot() == (0, 0), "nothing left queued or claimed"
+    assert broker.unacked_index() == {}, "no stale bookkeeping"
+    assert broker.claimed_index() == {}, "no stale claim in the queue's own index (the depth metric's)"
+    assert broker.misplaced_keys() == []
 
 
 def _send_and_wait(task, samples, timeout: float) -> list:
@@ -136,8 +155,9 @@ def _settled_claims(broker: Broker, done: int, total: int) -> list[int] | None:
 # -- SIGTERM ------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("prefix", ["", "tenant:"], ids=["no-prefix", "global-keyprefix"])
 def test_sigterm_finishes_the_running_batch_and_gives_the_rest_back_at_once(
-    faulty, start_worker, records, gate, broker, results_db
+    faulty, start_worker, records, gate, broker, results_db, redis_server, prefix
 ):
     # Given 40 queued tasks and a worker held in its first batch, with more claimed behind it
     total = 40
@@ -165,10 +185,14 @@ def test_sigterm_finishes_the_running_batch_and_gives_the_rest_back_at_once(
     assert sorted(broker.queued_samples()) == sorted(set(range(total)) - set(running))
     assert "Traceback" not in worker.log()
 
-    # And another worker finishes the rest
+    # And another worker finishes the rest, leaving no bookkeeping behind
     gate.open()
     start_worker(APP, env=worker_env(records, gate))
     assert gather(results, timeout=30) == [2 * x for x in range(total)]
+    wait_until(lambda: broker.snapshot() == (0, 0), 10, "every message acknowledged")
+    assert broker.unacked_index() == {}
+    assert broker.claimed_index() == {}
+    assert broker.misplaced_keys() == []
 
 
 # -- Redis restart ------------------------------------------------------------
@@ -403,14 +427,16 @@ def test_redelivered_copy_with_another_outcome_does_not_overwrite_success(
 def test_worker_frozen_past_the_visibility_timeout_does_not_overwrite_the_redelivered_result(
     faulty, start_worker, records, gate, broker, redis_server
 ):
-    # Given a worker frozen (SIGSTOP) in the middle of a batch
+    # Given a worker frozen (SIGSTOP) in the middle of a batch, exporting metrics
     results = submit_many(faulty.work, range(8))
-    frozen = start_worker(APP, env=worker_env(records, gate, CB_VISIBILITY_TIMEOUT=SHORT_VISIBILITY))
+    port = free_port()
+    frozen_env = {"CB_VISIBILITY_TIMEOUT": SHORT_VISIBILITY, **metrics_env(port)}
+    frozen = start_worker(APP, env=worker_env(records, gate, **frozen_env))
     wait_until(lambda: len(records.calls("work")) == 1, 30, "the batch to start")
     frozen.signal(signal.SIGSTOP)
     try:
         gate.open()
-        with Announcements(redis_server.client(1)) as announced:
+        with Announcements(redis_server.client(1)) as announced, TaskEventLog(redis_server.client(0)) as events:
             # When, past the visibility timeout, another worker takes the batch back and finishes it
             rescuer = start_worker(APP, env=worker_env(records, CB_VISIBILITY_TIMEOUT=SHORT_VISIBILITY))
             assert gather(results, timeout=60) == [2 * x for x in range(8)]
@@ -419,10 +445,16 @@ def test_worker_frozen_past_the_visibility_timeout_does_not_overwrite_the_redeli
             # And the frozen worker wakes up and finishes its own copy of the batch
             frozen.signal(signal.SIGCONT)
             assert faulty.work.delay(100).get(timeout=30) == 200  # it has written the batch before this one
-        # Then the late copy neither overwrote nor re-announced any result
+            wait_until(lambda: broker.snapshot() == (0, 0), 10, "every message acknowledged")
+        # Then the late copy neither overwrote nor re-announced any result, nor sent a second task-succeeded
         assert records.runs("work")[0] == 2, "both copies ran"
         assert {r.id: redis_server.client(1).get(f"celery-task-meta-{r.id}") for r in results} == stored
         assert [announced.counts[r.id] for r in results] == [1] * 8
+        assert [events.count("task-succeeded", r.id) for r in results] == [1] * 8
+        # And the frozen worker counts its copies as duplicates, not as served samples
+        samples = scrape(port)
+        assert value(samples, "celery_batching_skipped_total", task=WORK, reason="duplicate") == 8
+        assert value(samples, "celery_batching_samples_total", task=WORK, outcome="succeeded") == 1
     finally:
         frozen.signal(signal.SIGCONT)
 

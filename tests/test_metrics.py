@@ -10,7 +10,8 @@ from celery import Celery
 from prometheus_client import CollectorRegistry
 
 from celery_batching.errors import ConfigurationError, InvalidSample
-from celery_batching.worker.metrics import PORT_ENV, PrometheusHooks, metrics_port, start_metrics
+from celery_batching.worker.metrics import PORT_ENV, PrometheusHooks, QueueDepthCollector, metrics_port, start_metrics
+from celery_batching.worker.probes import Readiness
 
 
 def free_port() -> int:
@@ -49,11 +50,16 @@ def test_hook_records_batches_waits_outcomes_and_skips():
     assert value("celery_batching_skipped_total", {"task": "embed", "reason": "revoked"}) == 1
 
 
+def start(app):
+    """Start an app's metrics with nothing to wait for and no queue to read."""
+    return start_metrics(app, Readiness(expected=0), QueueDepthCollector())
+
+
 def test_port_is_off_unless_configured(monkeypatch):
     monkeypatch.delenv(PORT_ENV, raising=False)
     assert metrics_port(make_app()) == 0
-    assert start_metrics(make_app()) is None
-    assert start_metrics(make_app(batching_metrics_port=0)) is None
+    assert start(make_app()) is None
+    assert start(make_app(batching_metrics_port=0)) is None
 
 
 def test_app_conf_wins_over_environment(monkeypatch):
@@ -82,7 +88,7 @@ def test_bad_port_is_a_configuration_error(monkeypatch, conf, env, message):
 def test_exporter_serves_the_hook_registry():
     # Given metrics turned on for a free loopback port
     port = free_port()
-    hooks = start_metrics(make_app(batching_metrics_port=port, batching_metrics_addr="127.0.0.1"))
+    hooks = start(make_app(batching_metrics_port=port, batching_metrics_addr="127.0.0.1"))
     assert hooks is not None
 
     # When a batch is recorded and the port is scraped
@@ -100,4 +106,4 @@ def test_port_in_use_is_a_configuration_error():
         taken.listen()
         port = taken.getsockname()[1]
         with pytest.raises(ConfigurationError, match=f"cannot serve metrics on 127.0.0.1:{port}.*{PORT_ENV}"):
-            start_metrics(make_app(batching_metrics_port=port, batching_metrics_addr="127.0.0.1"))
+            start(make_app(batching_metrics_port=port, batching_metrics_addr="127.0.0.1"))

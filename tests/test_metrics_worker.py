@@ -8,28 +8,12 @@ failure counter, and every sample's wait in the queue.
 
 from __future__ import annotations
 
-import urllib.request
-
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from celery_batching import InvalidSample, gather, submit_many
 from tests.demo_site import demo_site, site_env, tiny_checkpoint  # noqa: F401 - fixtures
+from tests.scrape import scrape, value
 from tests.servers import Worker, free_port, wait_until
-
-
-def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    """Every sample on the page, keyed by name and sorted labels."""
-    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-    return {
-        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-    }
-
-
-def value(samples, name: str, **labels: str) -> float:
-    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
 
 
 def test_worker_metrics_count_every_sample(redis_server, tiny_checkpoint, demo_site):  # noqa: F811

@@ -132,8 +132,9 @@ def test_the_wheel_installs_alone_and_serves_a_batched_task(tmp_path, redis_url)
     wheel, build_output = build_wheel(copy_source(tmp_path / "src"), tmp_path)
     assert not re.search(r"warn|deprecat", build_output, re.IGNORECASE), build_output
     names = zipfile.ZipFile(wheel).namelist()
-    for lua in ("claim.lua", "give_back.lua", "store_once.lua"):
+    for lua in ("claim.lua", "give_back.lua", "store_results.lua"):
         assert f"celery_batching/worker/lua/{lua}" in names
+    assert "celery_batching/client/lua/push.lua" in names
     assert "celery_batching/py.typed" in names
     assert any(name.endswith(".dist-info/licenses/LICENSE") for name in names)
 

@@ -43,7 +43,7 @@ def check_paths() -> list[str]:
     expect("Celery path value", slow.get(timeout=GET_TIMEOUT), 2)
     expect("result rebuilt from its id", AsyncResult(fast.id, app=versions.app).get(timeout=GET_TIMEOUT), 1)
     batch = submit_many(versions.sizes, range(8))
-    expect("one LPUSH runs as one batch", [r.get(timeout=GET_TIMEOUT) for r in batch], [8] * 8)
+    expect("one push runs as one batch", [r.get(timeout=GET_TIMEOUT) for r in batch], [8] * 8)
     failed = versions.refuse.delay("x")
     try:
         failed.get(timeout=GET_TIMEOUT)

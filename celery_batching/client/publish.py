@@ -5,9 +5,11 @@ message, and kombu's Redis transport builds a client per publish; a task
 awaited through it also costs a SUBSCRIBE and an UNSUBSCRIBE. When none of
 that is needed (no options beyond id, expiry, result handling, serializer and
 compression, no priority, a Redis result backend, nobody listening to the
-publish signals, not inside a worker's task), a batched task is sent as the same protocol 2 message with
-one LPUSH, and awaited on the process's reply channel (:mod:`~celery_batching.client.replies`). ``task-sent``
-events, when enabled, go out in bulk (:mod:`~celery_batching.client.sent_events`).
+publish signals, not inside a worker's task), a batched task is sent as the same protocol 2 message
+with one push (:mod:`~celery_batching.client.push`: at most once, within the queue's
+``max_queue_depth``), and awaited on the process's reply channel (:mod:`~celery_batching.client.replies`).
+``task-sent`` events, when enabled, go out in bulk (:mod:`~celery_batching.client.sent_events`), for
+pushed tasks only.
 
 ``batching_fast_client = False`` in the app's configuration turns this off:
 every call then goes through Celery unchanged.
@@ -15,19 +17,17 @@ every call then goes through Celery unchanged.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Mapping, Sequence
 from typing import Any, TypeVar
 
-from celery import Celery, Task, signals
+from celery import Task, signals
 from celery.backends.redis import RedisBackend
 from celery.result import AsyncResult
-from kombu.transport.redis import Channel as RedisChannel
 from kombu.utils.uuid import uuid
 
 from ..protocol import envelope
 from .backends import check_result_backend
-from .per_process import PerProcess
+from .push import pushers
 from .replies import BatchedResult, ReplyHub, reply_hub
 from .sent_events import sent_events
 
@@ -76,9 +76,14 @@ def send_many(
 ) -> list[AsyncResult[Output]]:
     """Push one message per sample in one round trip; their results in order.
 
-    ``None`` means the task's own setting, as in ``apply_async`` (for
+    Raises :class:`~celery_batching.errors.QueueFull` at once when the task's
+    ``max_queue_depth`` refuses them (none is sent), and
+    :class:`~celery_batching.errors.SendOutcomeUnknown` when the push was never
+    confirmed. ``None`` means the task's own setting, as in ``apply_async`` (for
     ``compression``: the task's, else ``task_compression``).
     """
+    if not samples:
+        return []
     app = task.app
     check_result_backend(app, task.name, app.backend)  # submit_many comes here without can_send_fast
     if ignore_result is None:
@@ -90,7 +95,7 @@ def send_many(
     if hub is None and not ignore_result:
         for task_id in task_ids:
             app.backend.on_task_call(None, task_id)  # Celery's subscription, before anything can finish
-    events = sent_events.get(app) if app.conf.task_send_sent_event else None
+    events: list[dict[str, Any]] = []
     payloads = [
         envelope(
             task,
@@ -100,47 +105,26 @@ def send_many(
             expires=expires,
             ignore_result=ignore_result,
             reply_channel=hub.channel if hub else None,
-            on_sent_event=events.record if events else None,
+            on_sent_event=events.append if app.conf.task_send_sent_event else None,
             serializer=serializer,
             compression=compression,
         )
         for task_id, sample in zip(task_ids, samples)
     ]
-    # One LPUSH of them all: one command, so a worker claims them in order and all at once.
-    _publishers.get(app).push(queue, payloads)
+    # One push of them all: one command, so a worker claims them in order and all at once.
+    try:
+        pushers.get(app).push(task.name, queue, payloads, task_ids, getattr(task, "max_queue_depth", None) or 0)
+    except Exception:
+        if hub is None and not ignore_result:
+            consumer = app.backend.result_consumer  # type: ignore[attr-defined]  # a RedisBackend here
+            for task_id in task_ids:
+                consumer.cancel_for(task_id)  # nothing of theirs will come
+        raise
+    if events:
+        recorder = sent_events.get(app)
+        for fields in events:
+            recorder.record(fields)  # only for tasks that are on the queue
     return results
-
-
-class _Publisher:
-    """A broker connection of this process's own, used for nothing but pushing messages.
-
-    Not a channel of the app's producer pool: a pooled channel that once
-    consumed (a broadcast collecting its replies) keeps a connection pinned to
-    its BRPOP, and a command sent through that channel's client would read the
-    BRPOP's answer.
-
-    kombu bounds the channel's connection pool (10 by default) and raises
-    ``MaxConnectionsError`` past the bound: a ``ConnectionError``, which
-    ``apply_async`` would take for Redis being down and send through Celery
-    instead. So no more threads push at once than the pool holds; the others
-    wait their turn.
-    """
-
-    def __init__(self, app: Celery) -> None:
-        self._connection = app.connection_for_write()
-        channel = self._connection.default_channel
-        if not isinstance(channel, RedisChannel):
-            raise TypeError(f"celery-batching needs a Redis broker, not {self._connection.transport_cls!r}")
-        self.client = channel.client
-        self._turns = threading.BoundedSemaphore(self.client.connection_pool.max_connections)
-
-    def push(self, queue: str, payloads: Sequence[str | bytes]) -> None:
-        """One LPUSH of ``payloads`` onto ``queue``, on a connection the pool has free."""
-        with self._turns:
-            self.client.lpush(queue, *payloads)
-
-
-_publishers: PerProcess[_Publisher] = PerProcess(_Publisher)
 
 
 def _result(task: Task[Any, Output], task_id: str, hub: ReplyHub | None, ignore_result: bool) -> AsyncResult[Output]:

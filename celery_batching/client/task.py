@@ -12,7 +12,6 @@ import logging
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, Protocol, cast, overload
 
-import redis
 from celery import Celery, Task
 from celery.result import AsyncResult
 from celery.signals import celeryd_init
@@ -20,10 +19,11 @@ from celery.utils.text import str_to_list
 from kombu.utils.uuid import uuid
 
 from ..engine.policy import FlushPolicy
-from ..errors import ConfigurationError
+from ..errors import ConfigurationError, QueueFull
 from ..models.base import ManagedModel, Output, Sample
 from .backends import check_result_backend
 from .publish import can_send_fast, send_many
+from .push import pushers
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +63,8 @@ class BatchedTask(_OneSampleTask[Sample, Output]):
     model_class: type[ManagedModel[Sample, Output]] | None = None
     model_options: ClassVar[dict[str, Any]] = {}  # each declared task's class gets its own
     max_sample_bytes: int | None = DEFAULT_MAX_SAMPLE_BYTES
+    #: Most messages that may wait on the task's queue; past it a call raises ``QueueFull`` (None: no bound).
+    max_queue_depth: int | None = None
     #: The queue the task's batch consumer serves (``task_routes`` do not apply).
     batch_queue: str = ""
     _local_model: ManagedModel[Sample, Output] | None = None
@@ -83,27 +85,35 @@ class BatchedTask(_OneSampleTask[Sample, Output]):
         Plain calls take the fast path of :mod:`~celery_batching.client.publish`;
         anything it does not cover (links, countdown, signal receivers, ...)
         goes through Celery's own ``apply_async``. The positional parameters are
-        Celery's; those given join ``options`` as Celery would read them.
+        Celery's; those given join ``options`` as Celery would read them. A call
+        past ``max_queue_depth`` raises :class:`~celery_batching.errors.QueueFull`
+        at once; a fast-path push never confirmed raises
+        :class:`~celery_batching.errors.SendOutcomeUnknown` (never resent through Celery).
         """
         named = {"task_id": task_id, "producer": producer, "link": link, "link_error": link_error, "shadow": shadow}
         options.update((key, value) for key, value in named.items() if value is not None)
         options.setdefault("queue", self.batch_queue)
         if args is not None and can_send_fast(self, args, kwargs, options):
-            try:
-                return send_many(
-                    self,
-                    args,
-                    options["queue"],
-                    task_ids=[options.get("task_id") or uuid()],
-                    expires=options.get("expires", self.expires),
-                    ignore_result=options.get("ignore_result"),
-                    serializer=options.get("serializer"),
-                    compression=options.get("compression"),
-                )[0]
-            except (redis.ConnectionError, redis.TimeoutError):
-                pass  # Celery's path retries as its publish retry policy says
+            return send_many(
+                self,
+                args,
+                options["queue"],
+                task_ids=[options.get("task_id") or uuid()],
+                expires=options.get("expires", self.expires),
+                ignore_result=options.get("ignore_result"),
+                serializer=options.get("serializer"),
+                compression=options.get("compression"),
+            )[0]
         check_result_backend(self.app, self.name, self.app.backend)  # configured after declaration?
+        if self.max_queue_depth:
+            self._check_depth(options["queue"], self.max_queue_depth)
         return super().apply_async(args, kwargs, **options)
+
+    def _check_depth(self, queue: str, bound: int) -> None:
+        """The bound on Celery's own path: read, then sent, so concurrent callers may pass it by a few."""
+        depth = pushers.get(self.app).depth(queue)
+        if depth >= bound:
+            raise QueueFull(queue, depth, bound)
 
     def run_one(self, sample: Sample) -> Output:
         """Run one sample in this process (a direct call or ``apply()``): a batch of one."""
@@ -125,7 +135,16 @@ class BatchedTask(_OneSampleTask[Sample, Output]):
         return model
 
 
-_OWN_OPTIONS = {"max_batch_size", "max_wait", "queue", "name", "model", "model_options", "max_sample_bytes"}
+_OWN_OPTIONS = {
+    "max_batch_size",
+    "max_wait",
+    "queue",
+    "name",
+    "model",
+    "model_options",
+    "max_sample_bytes",
+    "max_queue_depth",
+}
 
 
 class BatchedDecorator(Protocol):
@@ -145,6 +164,7 @@ def batched(
     model: type[ManagedModel[Sample, Output]],
     model_options: dict[str, Any] | None = ...,
     max_sample_bytes: int | None = ...,
+    max_queue_depth: int | None = ...,
     **task_options: Any,
 ) -> BatchedTask[Sample, Output]: ...
 @overload
@@ -158,6 +178,7 @@ def batched(
     model: None = ...,
     model_options: None = ...,
     max_sample_bytes: int | None = ...,
+    max_queue_depth: int | None = ...,
     **task_options: Any,
 ) -> BatchedDecorator: ...
 
@@ -172,6 +193,7 @@ def batched(
     model: type[ManagedModel[Any, Any]] | None = None,
     model_options: dict[str, Any] | None = None,
     max_sample_bytes: int | None = DEFAULT_MAX_SAMPLE_BYTES,
+    max_queue_depth: int | None = None,
     **task_options: Any,
 ) -> BatchedTask[Any, Any] | BatchedDecorator:
     """Declare a batched task on ``app``.
@@ -180,6 +202,8 @@ def batched(
     of results in the same order. With ``model=`` (a :class:`ManagedModel`
     subclass) the task is returned directly and the model is built in each
     worker process that serves it. ``queue`` defaults to the task's name.
+    ``max_queue_depth`` bounds how many messages may wait on the queue: a call
+    that would pass it raises :class:`~celery_batching.errors.QueueFull` at once.
     Other keyword arguments are Celery task options (``ignore_result``, ...).
     Options are checked here, at declaration, not when the first task runs.
     """
@@ -188,6 +212,10 @@ def batched(
     _check_task_options(task_options)
     if max_sample_bytes is not None and (not isinstance(max_sample_bytes, int) or max_sample_bytes < 1):
         raise ConfigurationError(f"max_sample_bytes must be a positive int or None, got {max_sample_bytes!r}")
+    if max_queue_depth is not None and (
+        not isinstance(max_queue_depth, int) or isinstance(max_queue_depth, bool) or max_queue_depth < 1
+    ):
+        raise ConfigurationError(f"max_queue_depth must be a positive int or None, got {max_queue_depth!r}")
     if model is not None and not (isinstance(model, type) and issubclass(model, ManagedModel)):
         raise ConfigurationError(f"model must be a ManagedModel subclass, got {model!r}")
     if model_options is not None and model is None:
@@ -209,6 +237,7 @@ def batched(
                     model_class=model,
                     model_options=dict(model_options or {}),
                     max_sample_bytes=max_sample_bytes,
+                    max_queue_depth=max_queue_depth,
                     batch_queue=queue or task_name,
                 ),
             ),

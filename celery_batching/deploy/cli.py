@@ -13,12 +13,16 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from celery.app.utils import find_app
+
 from ..errors import ConfigurationError
+from ..worker.exporter import DepthExporter
 from .devices import WorkerSpec, plan_workers
 from .launcher import RestartPolicy, Supervisor, with_device, with_threads, worker_command, worker_env
 
@@ -81,6 +85,16 @@ def _count(value: str) -> int:
         number = 0
     if number < 1:
         raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {value!r}")
+    return number
+
+
+def _port(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        number = 0
+    if not 1 <= number <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a port number 1-65535, got {value!r}")
     return number
 
 
@@ -147,6 +161,35 @@ def run_workers(args: argparse.Namespace) -> int:
     return Supervisor(specs, command, policy=policy, shutdown_timeout=args.shutdown_timeout).run()
 
 
+# The exporter's default port (beside the Prometheus exporters' 91xx-98xx range; not a worker's).
+EXPORTER_PORT = 9808
+
+EXPORTER_OPTIONS: tuple[Option, ...] = (
+    Option(("-A", "--app"), {"required": True, "help": "Celery app, as for 'celery -A' (e.g. django_demo)"}),
+    Option(
+        ("--queues", "-Q"),
+        {"type": _name_list, "default": [], "help": "queues to export (default: every batched queue of the app)"},
+    ),
+    Option(
+        ("--port",), {"type": _port, "default": EXPORTER_PORT, "help": f"port to serve on (default {EXPORTER_PORT})"}
+    ),
+    Option(("--addr",), {"default": "0.0.0.0", "help": "address to serve on (default: every interface)"}),
+    Option(("--loglevel", "-l"), {"type": _loglevel, "default": "INFO", "help": "log level"}),
+)
+
+
+def run_exporter(args: argparse.Namespace) -> int:
+    """Serve the queues' depth until SIGTERM or Ctrl-C, with no worker and no model."""
+    stop_signals = {signal.SIGINT, signal.SIGTERM}
+    signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)  # before the server thread starts: it inherits the mask
+    exporter = DepthExporter(find_app(args.app), args.queues)
+    exporter.start(args.addr, args.port)
+    received = signal.sigwait(stop_signals)
+    logging.getLogger(__name__).info("%s: stopping the exporter", signal.Signals(received).name)
+    exporter.stop()
+    return 0
+
+
 SUBCOMMANDS: tuple[Subcommand, ...] = (
     Subcommand(
         "workers",
@@ -154,6 +197,12 @@ SUBCOMMANDS: tuple[Subcommand, ...] = (
         WORKERS_OPTIONS,
         run_workers,
         passthrough=True,
+    ),
+    Subcommand(
+        "exporter",
+        "serve the true depth of the app's batched queues for an autoscaler (no worker, no model)",
+        EXPORTER_OPTIONS,
+        run_exporter,
     ),
 )
 

@@ -82,7 +82,12 @@ def predict_isolated(
 
 
 class Batcher:
-    """Feeds ``predict`` with batches chosen by ``policy`` on its own thread."""
+    """Feeds ``predict`` with batches chosen by ``policy`` on its own thread.
+
+    With ``hold_done``, a finished batch stays held (counted against
+    :meth:`room`) from its hand-over to ``on_done`` until the feeder
+    :meth:`release` s it, so what waits to be stored counts as claimed.
+    """
 
     def __init__(
         self,
@@ -95,8 +100,10 @@ class Batcher:
         admit: Callable[[Request], BaseException | None] | None = None,
         on_start: Callable[[list[Request]], None] | None = None,
         unsplittable: tuple[type[BaseException], ...] = (),
+        hold_done: bool = False,
     ) -> None:
         self.name = name
+        self._hold_done = hold_done
         self._admit = admit
         self._on_start = on_start
         self._unsplittable = unsplittable
@@ -106,6 +113,8 @@ class Batcher:
         self._hooks = list(hooks)
         self._clock = clock
         self._pending: deque[Request] = deque()
+        # Requests the feeder still holds beside the pending ones (finished batches not yet settled).
+        self._held = 0
         self._changed = threading.Condition()
         self._stopping = False
         self._thread = threading.Thread(target=self._run, name=f"batcher:{name}", daemon=True)
@@ -114,20 +123,39 @@ class Batcher:
         self._thread.start()
 
     def room(self) -> int:
-        """How many more requests may be queued now: at most one batch beyond the running one."""
+        """How many more requests may be queued now: at most one batch beyond the running one.
+
+        Held requests count as queued: a feeder that is slow to settle
+        finished batches (a slow result store) claims less, instead of
+        hoarding work other consumers could take.
+        """
         with self._changed:
-            return self.policy.room(len(self._pending))
+            return self._room()
+
+    def _room(self) -> int:
+        return self.policy.room(len(self._pending) + self._held)
 
     def wait_for_room(self, timeout: float) -> int:
         """Block until there is room (or ``timeout``); returns the room."""
         deadline = self._clock() + timeout
         with self._changed:
-            while not self._stopping and self.policy.room(len(self._pending)) == 0:
+            while not self._stopping and self._room() == 0:
                 remaining = deadline - self._clock()
                 if remaining <= 0:
                     break
                 self._changed.wait(remaining)
-            return self.policy.room(len(self._pending))
+            return self._room()
+
+    def hold(self, count: int) -> None:
+        """Count ``count`` requests of the feeder's own against the room until it :meth:`release` s them."""
+        with self._changed:
+            self._held += count
+
+    def release(self, count: int) -> None:
+        """The feeder settled ``count`` held requests (a finished batch stored, say): room again."""
+        with self._changed:
+            self._held -= count
+            self._changed.notify_all()
 
     def put(self, requests: Sequence[Request]) -> None:
         """Queue requests for the model. The feeder respects :meth:`room`."""
@@ -168,6 +196,8 @@ class Batcher:
     def _run(self) -> None:
         while (batch := self._next_batch()) is not None:
             report = self.run_batch(batch)
+            if self._hold_done:
+                self.hold(len(batch))
             try:
                 self._on_done(report)
             except Exception:  # keep serving; the feeder logs its own failures

@@ -4,7 +4,9 @@ A plain ``celery -A proj worker`` then serves, with a
 :class:`~celery_batching.worker.consumer.BatchedQueueConsumer` each, the queues of
 every batched task of the app (narrowed by ``-Q``/``-X`` as usual), and takes
 those queues away from Celery's own consumer. Models are loaded before the
-worker's consumer starts, so the worker reports ready only once they are.
+worker's consumer starts, so the worker reports ready only once they are; its
+``/ready`` probe, likewise, only once every model loaded and every batched
+consumer claims, and never after a model failed to load.
 """
 
 from __future__ import annotations
@@ -23,7 +25,9 @@ from ..errors import ConfigurationError, ModelLoadError
 from ..models.base import ManagedModel
 from . import control
 from .consumer import BatchedQueueConsumer, QueueSpec
-from .metrics import start_metrics
+from .depth import DepthReader, visibility_timeout
+from .metrics import QueueDepthCollector, start_metrics
+from .probes import Readiness
 
 logger = logging.getLogger(__name__)
 
@@ -67,6 +71,7 @@ class BatchingStep(bootsteps.StartStopStep):
         include, exclude = getattr(worker, QUEUE_OPTIONS_ATTR, ([], []))
         self.tasks = select_served(batched_tasks(app), include, exclude)
         self.consumers: list[BatchedQueueConsumer] = []
+        self.readiness = Readiness(len(self.tasks))
         served = [task.batch_queue for task in self.tasks]
         if served:
             # Celery's own consumer must not take these messages one by one.
@@ -79,16 +84,23 @@ class BatchingStep(bootsteps.StartStopStep):
         # Again here: the backend may have been configured after the tasks were declared.
         check_result_backend(worker.app, f"worker {worker.hostname}")
         hooks = worker_hooks(worker.app)
-        exporter = start_metrics(worker.app)
+        depth = QueueDepthCollector()
+        exporter = start_metrics(worker.app, self.readiness, depth)
         if exporter is not None:
             hooks.append(exporter)
         for task in self.tasks:
-            spec = self._spec(worker.app, task)
+            try:
+                spec = self._spec(worker.app, task)
+            except Exception as exc:  # the worker stops; /ready says why until it has
+                self.readiness.fail(str(exc))
+                raise
             consumer = BatchedQueueConsumer(
                 worker.app, spec, worker.hostname, bool(worker.task_events), hooks, getattr(worker, "consumer", None)
             )
             consumer.start()
             self.consumers.append(consumer)
+            self.readiness.add(consumer.claiming.is_set)
+            depth.add(DepthReader(consumer.queue, visibility_timeout(worker.app)))
             logger.info(
                 "celery-batching: serving %s from queue %r (max_batch_size=%s, max_wait=%ss)",
                 task.name,
@@ -98,6 +110,7 @@ class BatchingStep(bootsteps.StartStopStep):
             )
 
     def stop(self, worker: Any) -> None:
+        self.readiness.fail("the worker is stopping")
         for consumer in self.consumers:
             consumer.request_stop()  # all fetchers wind down together
         while self.consumers:

@@ -12,6 +12,9 @@ delivery tags scored by ETA, beside a hash of their payloads), moved there out
 of the unacked bookkeeping in one atomic step; the claim script takes it back
 once due. It is never out of Redis's sight, and never held past the visibility
 timeout (which would make kombu restore it and run it twice).
+
+Each queue also keeps its own index of claimed tags beside kombu's shared
+one, so its claimed count is one ZCARD (:mod:`~celery_batching.worker.depth`).
 """
 
 from __future__ import annotations
@@ -32,9 +35,15 @@ PRIORITY_SEPARATOR = "\x06\x16"
 # Suffixes (after the priority separator) of a queue's scheduled index and messages.
 SCHEDULED_SUFFIX = "scheduled"
 SCHEDULED_MESSAGES_SUFFIX = "scheduled_messages"
+# Suffix of a queue's own index of claimed tags (kombu's unacked index holds every queue's).
+CLAIMED_SUFFIX = "claimed"
+# Overdue claims (older than the visibility timeout) checked against kombu's
+# unacked hash per prune; bounds its cost when many are overdue at once.
+PRUNE_CHECKS = 1000
 
 
-def _lua(name: str) -> str:
+def lua_script(name: str) -> str:
+    """The text of one of the package's Lua scripts (``lua/<name>``)."""
     return resources.files(__package__).joinpath("lua").joinpath(name).read_text()  # one step at a time on 3.10
 
 
@@ -72,10 +81,18 @@ class RedisQueue:
         self.unacked_index_key = prefix + options.get("unacked_index_key", "unacked_index")
         self.scheduled_key = f"{prefix}{queue}{sep}{SCHEDULED_SUFFIX}"
         self.scheduled_messages_key = f"{prefix}{queue}{sep}{SCHEDULED_MESSAGES_SUFFIX}"
-        self._bookkeeping = [self.unacked_key, self.unacked_index_key, self.scheduled_key, self.scheduled_messages_key]
-        self._claim = self.client.register_script(_lua("claim.lua"))
-        self._give_back = self.client.register_script(_lua("give_back.lua"))
-        self._schedule = self.client.register_script(_lua("schedule.lua"))
+        self.claimed_index_key = f"{prefix}{queue}{sep}{CLAIMED_SUFFIX}"
+        self._bookkeeping = [
+            self.unacked_key,
+            self.unacked_index_key,
+            self.scheduled_key,
+            self.scheduled_messages_key,
+            self.claimed_index_key,
+        ]
+        self._claim = self.client.register_script(lua_script("claim.lua"))
+        self._give_back = self.client.register_script(lua_script("give_back.lua"))
+        self._schedule = self.client.register_script(lua_script("schedule.lua"))
+        self._prune_claimed = self.client.register_script(lua_script("prune_claimed.lua"))
 
     def claim(self, count: int, now: float | None = None) -> Claim:
         """Take up to ``count`` messages, due scheduled ones first, then highest priority first; never blocks."""
@@ -112,9 +129,20 @@ class RedisQueue:
             return
         target = pipe if pipe is not None else self.client.pipeline(transaction=False)
         target.zrem(self.unacked_index_key, *tags)
+        target.zrem(self.claimed_index_key, *tags)
         target.hdel(self.unacked_key, *tags)
         if pipe is None:
             target.execute()
+
+    def prune_claimed(self, visibility_timeout: float, now: float | None = None, pipe: Any = None) -> Any:
+        """Forget claims kombu's restore took back (after a worker died); returns how many, or queues it on ``pipe``.
+
+        Run after each restore, and before each depth read, so the queue's
+        claimed index neither grows with restored claims nor counts them.
+        """
+        now = time.time() if now is None else now
+        keys = [self.unacked_key, self.claimed_index_key]
+        return self._prune_claimed(keys=keys, args=[repr(now - visibility_timeout), PRUNE_CHECKS], client=pipe)
 
     def give_back(self, claimed: list[Claimed]) -> int:
         """Put unstarted messages back at the head of the queue; returns how many."""
@@ -123,7 +151,8 @@ class RedisQueue:
         args: list[Any] = []
         for item in claimed:
             args += [item.tag, item.payload]
-        return int(self._give_back(keys=[self.unacked_key, self.unacked_index_key, self.list_keys[0]], args=args))
+        keys = [self.unacked_key, self.unacked_index_key, self.list_keys[0], self.claimed_index_key]
+        return int(self._give_back(keys=keys, args=args))
 
 
 def _score(value: bytes | str | None) -> float | None:

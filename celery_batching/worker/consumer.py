@@ -30,7 +30,7 @@ import queue as queue_module
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Any
 
@@ -61,8 +61,10 @@ logger = logging.getLogger(__name__)
 # Longest the fetcher waits on an empty queue before it looks around
 # (expired claims of dead workers, ETAs other workers scheduled).
 WAIT_SLICE_SECONDS = 1.0
-# How often the fetcher brings back messages whose claimer died (visibility timeout).
+# How often the fetcher brings back messages whose claimer died (visibility timeout), at most.
 RESTORE_EVERY_SECONDS = 10.0
+# Restores per visibility timeout when that is short: a dead worker's claims wait at most half a timeout more.
+RESTORES_PER_TIMEOUT = 2
 # Pause between retries while Redis is unreachable.
 RETRY_PAUSE_SECONDS = 0.5
 # How long a warm shutdown keeps retrying to store results before leaving the
@@ -89,12 +91,21 @@ class QueueSpec:
 
 @dataclass
 class _Done:
-    """Writer work: tasks with their outcomes, from one batch or one claim."""
+    """Writer work: tasks with their outcomes, from one batch or one claim.
+
+    Until the writer is done with them, its messages count as held by the
+    batcher, so a slow writer slows claiming (backpressure).
+    """
 
     messages: list[TaskMessage]
     results: list[TaskResult]
     started: float
     runtime: float
+    #: Messages of tasks whose final result is stored already: acknowledged, nothing else.
+    duplicates: list[TaskMessage] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.messages) + len(self.duplicates)
 
 
 @dataclass
@@ -125,6 +136,7 @@ class BatchedQueueConsumer:
             raise TypeError(f"celery-batching needs a Redis broker, not {self._connection.transport_cls!r}")
         self._kombu_channel = channel
         self._visibility_timeout = float(channel.visibility_timeout)
+        self._restore_every = min(RESTORE_EVERY_SECONDS, self._visibility_timeout / RESTORES_PER_TIMEOUT)
         self.queue = RedisQueue(channel.client, spec.queue, app.conf.broker_transport_options)
         self.watch = ArrivalWatch(own_connections(channel.pool), self.queue.list_keys, spec.queue)
         self._next_eta: float | None = None
@@ -150,6 +162,7 @@ class BatchedQueueConsumer:
             admit=self._admit,
             on_start=self._batch_starts,
             unsplittable=(SoftTimeLimitExceeded,),
+            hold_done=True,
         )
         # The batch predict() is running on, and whether it ran past its hard time limit.
         self._running: list[TaskMessage] = []
@@ -159,6 +172,8 @@ class BatchedQueueConsumer:
         # Samples that carry their Celery request through the batch, by id() of their message.
         self._traced: dict[int, Traced] = {}
         self._stopping = threading.Event()
+        #: Set once the fetcher's first claim round ran (the worker's readiness probe waits for it).
+        self.claiming = threading.Event()
         self._writes: queue_module.SimpleQueue[_Done | _Started | None] = queue_module.SimpleQueue()
         self._fetcher = threading.Thread(target=self._fetch_loop, name=f"fetch:{spec.queue}", daemon=True)
         self._writer_thread = threading.Thread(target=self._write_loop, name=f"write:{spec.queue}", daemon=True)
@@ -232,11 +247,15 @@ class BatchedQueueConsumer:
             return
         now = time.time()
         claim = self.queue.claim(room, now)
+        self.claiming.set()
         self._next_eta = claim.next_eta
         if not claim.messages:
             self.watch.wait(self._idle_timeout())
             return
-        messages = self._park_future([self.decoder.decode(item) for item in claim.messages], now)
+        decoded = [self.decoder.decode(item) for item in claim.messages]
+        for message in decoded:
+            message.claimed_at = now  # the time Redis recorded the claim under, which restores compare with
+        messages = self._park_future(decoded, now)
         if messages:
             call_hooks(self.hooks, "after_claim", self.spec.task_name, len(messages), [m.queue_wait for m in messages])
             self._dispatch(messages)
@@ -288,12 +307,9 @@ class BatchedQueueConsumer:
                 runnable.append(Request(message.sample, context=message))
             else:
                 unrun.append(message)
-        if duplicates:
-            # The stored outcome stands: acknowledge, store nothing, announce nothing.
-            self._writes.put(_Done(duplicates, [], time.time(), 0.0))
-        if unrun:
+        if duplicates or unrun:
             results = [self._task_result(m, _unrun_state(m.error), m.error) for m in unrun]
-            self._writes.put(_Done(unrun, results, time.time(), 0.0))
+            self._hand_to_writer(_Done(unrun, results, time.time(), 0.0, duplicates))
         self.held.reserve(request.context for request in runnable)
         self.batcher.put(runnable)
 
@@ -326,8 +342,9 @@ class BatchedQueueConsumer:
         now = time.monotonic()
         if now < self._next_restore:
             return
-        self._next_restore = now + RESTORE_EVERY_SECONDS
+        self._next_restore = now + self._restore_every
         self._kombu_channel.qos.restore_visible(num=None, interval=1)
+        self.queue.prune_claimed(self._visibility_timeout)
 
     # -- predictor hand-off ------------------------------------------------
 
@@ -346,7 +363,8 @@ class BatchedQueueConsumer:
             logger.exception("%s: preparing a batch's tasks failed", self.spec.queue)
             return
         if started:
-            self._writes.put(_Started([self.tracer.started_result(m, self._traced[id(m)]) for m in started]))
+            results = [self.tracer.started_result(m, self._traced[id(m)]) for m in started]
+            self._writes.put(_Started(self._guard_late(started, results)))
 
     def _hard_time_limit(self, seconds: float) -> None:
         """``predict`` ran past ``time_limit``: fail its tasks, and stop the worker for a fresh one.
@@ -358,7 +376,7 @@ class BatchedQueueConsumer:
         messages, self._running, self._hung = self._running, [], True
         error = TimeLimitExceeded(seconds)
         results = [self._task_result(m, states.FAILURE, error) for m in messages]
-        self._writes.put(_Done(messages, results, time.time(), seconds))
+        self._hand_to_writer(_Done(messages, results, time.time(), seconds))
         logger.error(
             "%s: predict() ran past time_limit=%ss; its %d task(s) fail with TimeLimitExceeded and this worker "
             "stops for its supervisor to start a fresh one",
@@ -400,6 +418,11 @@ class BatchedQueueConsumer:
 
     # -- writer ----------------------------------------------------------
 
+    def _hand_to_writer(self, done: _Done) -> None:
+        """Queue claimed messages for the writer; they count as held until it is done with them."""
+        self.batcher.hold(len(done))
+        self._writes.put(done)
+
     def _write_loop(self) -> None:
         while (job := self._writes.get()) is not None:
             try:
@@ -409,17 +432,21 @@ class BatchedQueueConsumer:
                     self._write(job)
             except Exception:  # messages stay unacked and come back later
                 logger.exception("%s: storing a batch failed; its messages stay unacknowledged", self.spec.queue)
+            finally:
+                if isinstance(job, _Done):
+                    self.batcher.release(len(job))
 
     def _write(self, done: _Done) -> None:
         terminated = self.held.release(done.messages)
         if terminated:
             done.results = [_terminated(r) if r.task_id in terminated else r for r in done.results]
+        done.results = self._guard_late(done.messages, done.results)
+        self._drop_finished_elsewhere(done)
         traced = {id(m): self._traced[id(m)] for m in done.messages if id(m) in self._traced} if self._traced else {}
         settled = self.tracer.settle(done.messages, done.results, traced) if traced else Settled(done.results)
-        stored = self._retry(
-            lambda: self.writer.write(self._guard_late(done.messages, settled.results)), "store results"
-        )
-        self._retry(lambda: self.queue.ack([m.claimed.tag for m in done.messages]), "acknowledge")
+        stored = self._retry(lambda: self.writer.write(settled.results), "store results")
+        acked = [m.claimed.tag for m in done.messages + done.duplicates]
+        self._retry(lambda: self.queue.ack(acked), "acknowledge")
         if traced:
             settled.results = stored
             self.tracer.finish(done.messages, settled, traced, done.runtime)
@@ -428,15 +455,41 @@ class BatchedQueueConsumer:
         for message, result in zip(done.messages, stored):
             if result.failed and not message.task_id:
                 logger.error("%s: dropped a message with no task id: %s", self.spec.queue, result.value)
+            if result.refused:
+                call_hooks(self.hooks, "after_skip", self.spec.task_name, result.task_id, "duplicate")
         self._send_events(done, stored)
-        failures = [r.value for r in stored if r.failed]
-        call_hooks(
-            self.hooks, "after_results", self.spec.task_name, len(stored) - len(failures), len(failures), failures
-        )
+        failures = [r.value for r in stored if r.failed and not r.refused]
+        succeeded = sum(1 for r in stored if not r.failed and not r.refused)
+        call_hooks(self.hooks, "after_results", self.spec.task_name, succeeded, len(failures), failures)
+
+    def _drop_finished_elsewhere(self, done: _Done) -> None:
+        """Move store-once tasks whose final result is already stored to ``done.duplicates``.
+
+        Their message ran twice (a redelivery, or a claim held past the
+        visibility timeout): the stored outcome stands, and this copy's
+        callbacks, retries and handlers must not run again. The store-once
+        script still guards the race with a result stored after this check.
+        """
+        candidates = [r.task_id for r in done.results if r.store_once and r.task_id]
+        if not candidates:
+            return
+        finished = self._retry(lambda: self.writer.already_final(candidates), "look up stored results")
+        if not finished:
+            return
+        kept: list[tuple[TaskMessage, TaskResult]] = []
+        for message, result in zip(done.messages, done.results):
+            if result.store_once and result.task_id in finished:
+                call_hooks(self.hooks, "after_skip", self.spec.task_name, result.task_id, "duplicate")
+                done.duplicates.append(message)
+                self._traced.pop(id(message), None)
+            else:
+                kept.append((message, result))
+        done.messages = [m for m, _ in kept]
+        done.results = [r for _, r in kept]
 
     def _send_events(self, done: _Done, stored: list[TaskResult]) -> None:
         """Task events are for observers: failing to send them is logged, never fatal."""
-        announced = [(m, r) for m, r in zip(done.messages, stored) if m.task_id]
+        announced = [(m, r) for m, r in zip(done.messages, stored) if m.task_id and not r.refused]
         if not announced:
             return
         received = [(m.received_fields, m.claimed_at) for m, _ in announced]
@@ -454,10 +507,17 @@ class BatchedQueueConsumer:
 
         Such a message may have been restored and run by another worker, whose
         result the client may already have seen: it must not be overwritten.
+        Known late now, a result is store-once; sent in time, Redis still
+        checks as the write runs (a write sent into a cut link arrives when the
+        link is back, however late).
         """
-        restorable_before = time.time() - self._visibility_timeout
+        now = time.time()
         return [
-            replace(result, store_once=True) if message.claimed_at < restorable_before else result
+            replace(
+                result,
+                store_once=result.store_once or now > message.claimed_at + self._visibility_timeout,
+                late_after=message.claimed_at + self._visibility_timeout,
+            )
             for message, result in zip(messages, results)
         ]
 

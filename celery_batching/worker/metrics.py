@@ -2,26 +2,38 @@
 
 A GPU worker is judged by how full its batches are, how long samples wait
 before they are claimed, how long ``predict`` takes and how many samples fail.
-:class:`PrometheusHooks` records those at the engine's hook points, and
-:func:`start_metrics` serves them over HTTP on the port the worker was given,
-one port per worker, so Prometheus scrapes each worker like a Triton or Ray
-Serve replica. Turned on by ``app.conf.batching_metrics_port`` or the
-``CELERY_BATCHING_METRICS_PORT`` environment variable; 0 or unset is off.
+:class:`PrometheusHooks` records those at the engine's hook points;
+:class:`QueueDepthCollector` reads the served queues' true depth from Redis at
+each scrape, for autoscalers. :func:`start_metrics` serves them over HTTP on
+the port the worker was given, one port per worker, so Prometheus scrapes each
+worker like a Triton or Ray Serve replica, with the ``/ready`` and ``/live``
+probes beside them (:mod:`~celery_batching.worker.probes`). Turned on by
+``app.conf.batching_metrics_port`` or the ``CELERY_BATCHING_METRICS_PORT``
+environment variable; 0 or unset is off.
 """
 
 from __future__ import annotations
 
+import logging
 import os
-from collections.abc import Sequence
+import time
+from collections.abc import Iterable, Sequence
 from typing import Any
 
+import redis
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.exposition import start_http_server
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.metrics_core import Metric
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
+from prometheus_client.registry import Collector
 
 from ..engine.hooks import BatchHooks
 from ..errors import ConfigurationError
+from .depth import DepthReader
+from .probes import Readiness, serve
+
+logger = logging.getLogger(__name__)
 
 # Environment variables, used where app.conf leaves the option unset.
 PORT_ENV = "CELERY_BATCHING_METRICS_PORT"
@@ -111,6 +123,40 @@ class PrometheusHooks(BatchHooks):
         self.skipped.labels(task_name, reason).inc()
 
 
+class QueueDepthCollector(Collector):
+    """The true depth of some queues, read from Redis when Prometheus scrapes (one script call per queue)."""
+
+    def __init__(self, readers: Iterable[DepthReader] = ()) -> None:
+        self.readers = list(readers)
+
+    def add(self, reader: DepthReader) -> None:
+        self.readers.append(reader)
+
+    def collect(self) -> Iterable[Metric]:
+        depth = GaugeMetricFamily(
+            "celery_batching_queue_depth",
+            "Messages of a batched queue: waiting (every priority), claimed and not acknowledged, scheduled (ETA).",
+            labels=["queue", "state"],
+        )
+        oldest = GaugeMetricFamily(
+            "celery_batching_oldest_waiting_seconds",
+            "Age of the oldest waiting message of a queue (0 when none waits).",
+            labels=["queue"],
+        )
+        for reader in list(self.readers):
+            try:
+                now = time.time()
+                read = reader.read(now)
+            except redis.RedisError as exc:  # a scrape without this queue beats a failed scrape
+                logger.warning("celery-batching: cannot read the depth of %r: %s", reader.queue.queue, exc)
+                continue
+            depth.add_metric([read.queue, "waiting"], read.waiting)
+            depth.add_metric([read.queue, "claimed"], read.claimed)
+            depth.add_metric([read.queue, "scheduled"], read.scheduled)
+            oldest.add_metric([read.queue], read.oldest_waiting_seconds(now))
+        return [depth, oldest]
+
+
 def metrics_port(app: Any) -> int:
     """The configured exporter port: app.conf first, then the environment; 0 is off."""
     raw = app.conf.get("batching_metrics_port")
@@ -130,22 +176,28 @@ def metrics_port(app: Any) -> int:
     return port
 
 
-def start_metrics(app: Any) -> PrometheusHooks | None:
-    """Serve this worker's metrics if a port is configured; return the hook to register.
+def metrics_addr(app: Any) -> str:
+    """The configured address to serve on: app.conf, then the environment, then every interface."""
+    return str(app.conf.get("batching_metrics_addr") or os.environ.get(ADDR_ENV) or DEFAULT_ADDR)
 
-    Returns ``None`` when metrics are off. The exporter runs in a daemon
-    thread, so it never delays the worker's shutdown.
+
+def start_metrics(app: Any, readiness: Readiness, depth: QueueDepthCollector) -> PrometheusHooks | None:
+    """Serve this worker's metrics and probes if a port is configured; return the hook to register.
+
+    Returns ``None`` when metrics are off (and with them the probes). The
+    server runs in a daemon thread, so it never delays the worker's shutdown.
     """
     port = metrics_port(app)
     if port == 0:
         return None
-    addr = app.conf.get("batching_metrics_addr") or os.environ.get(ADDR_ENV) or DEFAULT_ADDR
+    addr = metrics_addr(app)
     registry = CollectorRegistry()
     ProcessCollector(registry=registry)
     PlatformCollector(registry=registry)
+    registry.register(depth)
     hooks = PrometheusHooks(registry)
     try:
-        start_http_server(port, addr=addr, registry=registry)
+        serve(registry, readiness, addr, port)
     except OSError as exc:
         raise ConfigurationError(
             f"cannot serve metrics on {addr}:{port} ({exc.strerror or exc}); give each worker "

@@ -228,7 +228,7 @@ class TaskTracer:
         """After the results are stored: chords, errbacks, handlers, signals, ``task_postrun``."""
         for index, (message, result) in enumerate(zip(messages, settled.results)):
             trace = traced.get(id(message))
-            if trace is not None:
+            if trace is not None and not result.refused:  # a refused duplicate's outcome is another run's
                 trace.context.run(self._finish_one, message, trace, result, settled.retries.get(index), runtime)
 
     def _finish_one(

@@ -4,12 +4,14 @@ Each task gets exactly the record Celery's own worker would write (same key,
 same fields, same serializer) and the same pub/sub notification, so
 ``AsyncResult.get()``, ``.state`` and ``.ready()`` work unchanged; the
 notification also goes to the sender's reply channel when it named one. With the
-Redis backend the whole batch is one pipeline; any other backend gets
-Celery's own per-task ``store_result``.
+Redis backend the whole batch is one script call (``lua/store_results.lua``),
+which decides in Redis, as it runs, whether a late result may still be
+stored; any other backend gets Celery's own per-task ``store_result``.
 """
 
 from __future__ import annotations
 
+import time
 import traceback as tb_module
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -34,6 +36,9 @@ class TaskResult:
     ignore_result: bool = False
     #: Store only if no result is there yet (the message may have run elsewhere).
     store_once: bool = False
+    #: Epoch seconds from which another worker may have restored and run the message:
+    #: a write that reaches Redis later (a slow or cut link) is stored only once.
+    late_after: float | None = None
     group_id: str | None = None
     parent_id: str | None = None
     #: Also published here: the sender's reply channel.
@@ -41,6 +46,8 @@ class TaskResult:
     #: The task's Celery request, when it has one: the stored record then carries what
     #: Celery's own worker stores from it (``result_extended`` fields, children).
     request: Any = None
+    #: Set by the writer: a store-once result refused because a final one was there (a duplicate run).
+    refused: bool = False
 
     @property
     def failed(self) -> bool:
@@ -65,11 +72,11 @@ class ResultWriter:
         # Backend.__init__ sets both; celery-types leaves them out of Backend.
         self.serializer: str = self.backend.serializer  # type: ignore[attr-defined]
         self.expires: float | None = self.backend.expires  # type: ignore[attr-defined]
-        #: The backend when it is Redis: then a batch is one pipeline.
+        #: The backend when it is Redis: then a batch is one script call.
         self._redis = self.backend if isinstance(self.backend, RedisBackend) else None
         if self._redis is not None:
-            source = resources.files(__package__).joinpath("lua").joinpath("store_once.lua").read_text()
-            self._store_once = self._redis.client.register_script(source)
+            source = resources.files(__package__).joinpath("lua").joinpath("store_results.lua").read_text()
+            self._store_results = self._redis.client.register_script(source)
         # orjson for JSON records (same decoded value, a fraction of the time); else the backend's encoder.
         self._encode_meta = fastjson.dumps if fastjson.serves_backend(self.backend) else self.backend.encode
         # JSON records can be joined into one array per reply channel; other serializers' cannot.
@@ -80,7 +87,9 @@ class ResultWriter:
 
         A result the serializer cannot encode is stored as a FAILURE with
         :class:`~celery_batching.errors.ResultNotSerializable` instead, and
-        returned that way.
+        returned that way. A store-once or late result that found a final
+        result already stored comes back ``refused``: nothing of it was
+        written or published.
         """
         date_done = self.app.now().isoformat()
         encoded: list[tuple[TaskResult, str | bytes]] = []
@@ -91,10 +100,11 @@ class ResultWriter:
             if not result.ignore_result:
                 encoded.append((result, payload))
         if self._redis is not None:
-            self._write_redis(self._redis, encoded)
+            refused = self._write_redis(self._redis, encoded)
         else:
-            for result, _ in encoded:
-                self._write_generic(result)
+            refused = {result.task_id for result, _ in encoded if not self._write_generic(result)}
+        if refused:
+            final = [replace(r, refused=True) if r.task_id in refused else r for r in final]
         return final
 
     def already_final(self, task_ids: Sequence[str]) -> set[str]:
@@ -148,38 +158,32 @@ class ResultWriter:
             meta["parent_id"] = result.parent_id
         return meta
 
-    def _write_redis(self, backend: RedisBackend, encoded: list[tuple[TaskResult, str | bytes]]) -> None:
+    def _write_redis(self, backend: RedisBackend, encoded: list[tuple[TaskResult, str | bytes]]) -> set[str]:
+        """One script call for the batch; returns the ids of results refused (a final one was there)."""
         if not encoded:
-            return
-        ttl = int(self.expires) if self.expires else 0
-        replies: dict[str, list[str | bytes]] = {}
-        with backend.client.pipeline(transaction=False) as pipe:
-            for result, payload in encoded:
-                key = backend.get_key_for_task(result.task_id)
-                if result.store_once:
-                    self._store_once(keys=[key], args=[payload, ttl, result.reply_channel or ""], client=pipe)
-                    continue
-                if ttl:
-                    pipe.set(key, payload, ex=ttl)
-                else:
-                    pipe.set(key, payload)
-                pipe.publish(key, payload)
-                channel = result.reply_channel
-                if channel and self._joinable and takes_batches(channel):
-                    replies.setdefault(channel, []).append(payload)
-                elif channel:
-                    pipe.publish(channel, payload)
-            for channel, payloads in replies.items():
-                pipe.publish(channel, payloads[0] if len(payloads) == 1 else _json_array(payloads))
-            pipe.execute()
+            return set()
+        keys: list[str] = []
+        args: list[str | bytes | int] = [int(self.expires) if self.expires else 0]
+        for result, payload in encoded:
+            keys.append(backend.get_key_for_task(result.task_id))
+            channel = result.reply_channel or ""
+            joined = bool(channel) and self._joinable and takes_batches(channel)
+            late_after = "" if result.late_after is None else repr(result.late_after)
+            args += [payload, "1" if result.store_once else "0", late_after, channel, "1" if joined else "0"]
+        stored = self._store_results(keys=keys, args=args, client=backend.client)
+        return {result.task_id for (result, _), kept in zip(encoded, stored) if not kept}
 
-    def _write_generic(self, result: TaskResult) -> None:
+    def _write_generic(self, result: TaskResult) -> bool:
+        """Celery's own store; a store-once result is refused (``False``) when a final one is there.
+
+        Not atomic as the Redis script is: another backend offers no such
+        primitive, so the check narrows the race rather than closing it.
+        """
+        late = result.late_after is not None and time.time() > result.late_after
+        if (result.store_once or late) and self.backend.get_state(result.task_id) in states.READY_STATES:
+            return False
         traceback = format_traceback(result.value) if result.state in _TRACEBACK_STATES else None
         self.backend.store_result(
             result.task_id, result.value, result.state, traceback=traceback, request=result.request
         )
-
-
-def _json_array(payloads: list[str | bytes]) -> bytes:
-    """Encoded JSON records joined into one JSON array: one PUBLISH for a batch's replies to one process."""
-    return b"[" + b",".join(p if isinstance(p, bytes) else p.encode() for p in payloads) + b"]"
+        return True

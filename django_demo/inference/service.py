@@ -23,7 +23,7 @@ from django.conf import settings
 from kombu.exceptions import OperationalError
 from redis.exceptions import RedisError
 
-from celery_batching import InvalidSample, gather, submit_many
+from celery_batching import InvalidSample, QueueFull, SendOutcomeUnknown, gather, submit_many
 from celery_batching.client.aio import gather_async
 from celery_batching.client.directory import WorkerDirectory
 from django_demo.celery import app
@@ -107,6 +107,10 @@ def _submit(job: Job) -> list[Any]:
     # Unclaimed tasks expire with the wait, so a task this request gave up on never runs later.
     try:
         return submit_many(job.task, job.samples, expires=settings.DEMO_RESULT_TIMEOUT)
+    except QueueFull as exc:
+        raise ApiError(503, f"too busy: {exc}", queue=exc.args[0]) from exc
+    except SendOutcomeUnknown as exc:
+        raise ApiError(503, f"cannot reach Redis to send the task: {exc}", task_ids=exc.args[1]) from exc
     except (OperationalError, RedisError, OSError) as exc:
         raise ApiError(503, f"cannot reach Redis to send the task: {exc}") from exc
 

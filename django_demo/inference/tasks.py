@@ -15,11 +15,15 @@ from django_demo.celery import app
 # Candidates returned per [MASK].
 FILL_MASK_TOP_K = 5
 
-embed = batched(app, model=MiniLMEmbedder, name="embed", max_batch_size=64)
+# Past this many waiting samples a request is refused at once (a 503), not queued to time out.
+MAX_QUEUE_DEPTH = settings.DEMO_MAX_QUEUE_DEPTH or None
+
+embed = batched(app, model=MiniLMEmbedder, name="embed", max_batch_size=64, max_queue_depth=MAX_QUEUE_DEPTH)
 fill_mask = batched(
     app,
     model=FillMaskModel,
     name="fill_mask",
     max_batch_size=32,
+    max_queue_depth=MAX_QUEUE_DEPTH,
     model_options={"checkpoint": settings.FILL_MASK_CHECKPOINT or None, "top_k": FILL_MASK_TOP_K},
 )

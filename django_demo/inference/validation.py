@@ -30,7 +30,9 @@ def parse_json(body: bytes) -> dict[str, Any]:
     """The request body as a JSON object."""
     try:
         payload = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except RecursionError:
+        raise BadRequest('the request body nests too deep to read; send e.g. {"text": "..."}') from None
+    except ValueError as exc:  # not JSON, not UTF-8, or a number too long to convert
         raise BadRequest(f'the request body is not valid JSON ({exc}); send e.g. {{"text": "..."}}') from None
     if not isinstance(payload, dict):
         raise BadRequest(f"the request body must be a JSON object, got {_json_type(payload)}")
@@ -74,6 +76,13 @@ def check_text(value: Any, field: str, limits: Limits) -> str:
         raise BadRequest(f"{field} is empty; send at least one word")
     if len(value) > limits.max_chars:
         raise BadRequest(f"{field} has {len(value)} characters, more than the limit of {limits.max_chars}")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:  # a lone surrogate (JSON's \ud800 escapes allow them)
+        raise BadRequest(
+            f"{field} is not valid Unicode: {exc.object[exc.start]!r} at index {exc.start} is half of a "
+            f"surrogate pair; send the character itself, or both halves of its escape"
+        ) from None
     return value
 
 

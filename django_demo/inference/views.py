@@ -31,10 +31,32 @@ AsyncView = Callable[[HttpRequest], Awaitable[JsonResponse]]
 
 
 def error(status: int, message: str, **extra: Any) -> JsonResponse:
+    """The API's error answer; a 503 says when to try again (``DEMO_RETRY_AFTER`` seconds)."""
     response = JsonResponse({"error": message, **extra}, status=status)
     if status == 405:
         response["Allow"] = "POST"
+    if status == 503:
+        response["Retry-After"] = str(settings.DEMO_RETRY_AFTER)
     return response
+
+
+def not_found(request: HttpRequest, exception: Exception | None = None) -> JsonResponse:
+    """Django's 404 handler: JSON, like every other answer of the API."""
+    return error(404, f"no such endpoint: {request.path}; the API is under /api/ (see /)")
+
+
+def bad_request(request: HttpRequest, exception: Exception | None = None) -> JsonResponse:
+    """Django's 400 handler (a request Django refused before any view, e.g. an unknown Host)."""
+    return error(400, "bad request: the server refused it before reading it (check the Host header)")
+
+
+def forbidden(request: HttpRequest, exception: Exception | None = None) -> JsonResponse:
+    return error(403, "forbidden")
+
+
+def server_error(request: HttpRequest) -> JsonResponse:
+    """Django's 500 handler: a bug, answered as JSON (the traceback is in the server's log)."""
+    return error(500, "internal server error; the server's log has the details")
 
 
 def _payload(request: HttpRequest) -> dict[str, Any]:

@@ -9,7 +9,7 @@ Environment (read by the worker): ``CB_TEST_BROKER`` (required),
 ``CB_TEST_BACKEND`` (default: db 1 of the broker), ``CB_VISIBILITY_TIMEOUT``
 (seconds, default 3600), ``CB_ACCEPT_CONTENT`` (comma list, default json),
 ``CB_RECORD_DIR``, ``CB_GATE_DIR`` (see :func:`pass_gate`), ``CB_BATCH_SECONDS``
-(pause per batch, default 0).
+(pause per batch, default 0), ``CB_KEYPREFIX`` (kombu's ``global_keyprefix``, default none).
 """
 
 from __future__ import annotations
@@ -35,7 +35,10 @@ GATE_POLL_SECONDS = 0.01
 
 app = Celery("faulty", broker=BROKER, backend=BACKEND)
 app.conf.update(
-    broker_transport_options={"visibility_timeout": float(os.environ.get("CB_VISIBILITY_TIMEOUT", "3600"))},
+    broker_transport_options={
+        "visibility_timeout": float(os.environ.get("CB_VISIBILITY_TIMEOUT", "3600")),
+        **({"global_keyprefix": os.environ["CB_KEYPREFIX"]} if os.environ.get("CB_KEYPREFIX") else {}),
+    },
     accept_content=os.environ.get("CB_ACCEPT_CONTENT", "json").split(","),
     broker_connection_retry_on_startup=True,
     worker_send_task_events=True,  # the event dispatcher must survive faults too

@@ -11,7 +11,9 @@
 -- KEYS[2]   unacked index  (zset: delivery tag scored by claim time)
 -- KEYS[3]   scheduled index (zset: delivery tag scored by ETA)
 -- KEYS[4]   scheduled messages (hash: delivery tag -> payload)
--- KEYS[5..] the queue's lists, highest priority first
+-- KEYS[5]   this queue's claimed index (zset: delivery tag scored by claim time),
+--           so its claimed count is one ZCARD (kombu's index is shared by all queues)
+-- KEYS[6..] the queue's lists, highest priority first
 -- ARGV[1]   how many to claim at most
 -- ARGV[2]   now (seconds since the epoch), the score kombu compares with
 -- Returns a flat array: the earliest ETA still scheduled ('' if none),
@@ -36,12 +38,13 @@ local function track(tag, payload)
         tag = 'celery-batching:malformed:' .. redis.sha1hex(payload)
     end
     if type(exchange) ~= 'string' then exchange = '' end
-    if type(routing_key) ~= 'string' then routing_key = KEYS[5] end
+    if type(routing_key) ~= 'string' then routing_key = KEYS[6] end
     -- The payload is embedded verbatim, never re-encoded (cjson would turn [] into {}).
     local record = '[' .. (ok and payload or cjson.encode(payload)) .. ','
         .. cjson.encode(exchange) .. ',' .. cjson.encode(routing_key) .. ']'
     redis.call('HSET', KEYS[1], tag, record)
     redis.call('ZADD', KEYS[2], ARGV[2], tag)
+    redis.call('ZADD', KEYS[5], ARGV[2], tag)
     claimed[#claimed + 1] = tag
     claimed[#claimed + 1] = payload
 end
@@ -59,7 +62,7 @@ if wanted > 0 then
     end
 end
 
-for i = 5, #KEYS do
+for i = 6, #KEYS do
     if wanted <= 0 then break end
     local payloads = redis.call('RPOP', KEYS[i], wanted)
     if payloads then
