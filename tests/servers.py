@@ -14,7 +14,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import redis
@@ -55,7 +55,13 @@ def stop_process(process: subprocess.Popen | None, grace: float = 30) -> None:
 class RedisServer:
     """A private redis-server on a free loopback port."""
 
-    def __init__(self, port: int | None = None, password: str | None = None, appendonly: bool = False) -> None:
+    def __init__(
+        self,
+        port: int | None = None,
+        password: str | None = None,
+        appendonly: bool = False,
+        extra_args: Sequence[str] = (),
+    ) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
             raise RuntimeError("redis-server is not installed: run scripts/setup.sh (apt-get install redis-server)")
@@ -79,6 +85,7 @@ class RedisServer:
         ]
         if password:
             self.args += ["--requirepass", password]
+        self.args += extra_args
         self.process: subprocess.Popen[bytes] | None = None
 
     def url(self, db: int = 0) -> str:
@@ -170,3 +177,125 @@ class Worker:
 
     def stop(self) -> None:
         stop_process(self.process)
+
+
+# Name the sentinels know the monitored master by (the apps' ``master_name``).
+SENTINEL_MASTER = "cbmaster"
+# How long a master may stay silent before a sentinel calls it down (Redis's default is 30 s).
+DOWN_AFTER_MS = 1000
+# How long one failover attempt may take before another sentinel tries (Redis's default: 3 min).
+FAILOVER_TIMEOUT_MS = 5000
+
+
+class SentinelSet:
+    """A master, a replica and three sentinels watching them, all private and on loopback.
+
+    Two sentinels must agree the master is down (the quorum), and a majority
+    elects the one that promotes the replica, as in a production set.
+    """
+
+    def __init__(self, sentinels: int = 3, quorum: int = 2) -> None:
+        self.sentinel_binary = shutil.which("redis-sentinel")
+        if self.sentinel_binary is None:
+            raise RuntimeError("redis-sentinel is not installed: run scripts/setup.sh (apt-get install redis-sentinel)")
+        self.master = RedisServer()
+        self.replica = RedisServer(extra_args=["--replicaof", "127.0.0.1", str(self.master.port)])
+        self.quorum = quorum
+        self.sentinel_ports = [free_port() for _ in range(sentinels)]
+        self.dir = tempfile.mkdtemp(prefix="cb-sentinel-")
+        self.sentinels: list[subprocess.Popen[bytes]] = []
+
+    def url(self, db: int = 0) -> str:
+        """Every sentinel, ``;``-separated, as kombu and Celery take them."""
+        return ";".join(f"sentinel://127.0.0.1:{port}/{db}" for port in self.sentinel_ports)
+
+    def start(self) -> SentinelSet:
+        self.master.start()
+        self.replica.start()
+        wait_until(lambda: _linked(self.replica.client()), 20, "the replica to sync with the master")
+        for port in self.sentinel_ports:
+            self.sentinels.append(self._start_sentinel(port))
+        wait_until(self._all_known, 30, "the sentinels to know the replica and each other")
+        return self
+
+    def _start_sentinel(self, port: int) -> subprocess.Popen[bytes]:
+        config = Path(self.dir) / f"sentinel-{port}.conf"  # sentinels rewrite their config: one file each
+        config.write_text(
+            f"port {port}\nbind 127.0.0.1\ndir {self.dir}\nloglevel warning\n"
+            f"sentinel monitor {SENTINEL_MASTER} 127.0.0.1 {self.master.port} {self.quorum}\n"
+            f"sentinel down-after-milliseconds {SENTINEL_MASTER} {DOWN_AFTER_MS}\n"
+            f"sentinel failover-timeout {SENTINEL_MASTER} {FAILOVER_TIMEOUT_MS}\n"
+            f"sentinel parallel-syncs {SENTINEL_MASTER} 1\n"
+        )
+        assert self.sentinel_binary is not None
+        process = subprocess.Popen(
+            [self.sentinel_binary, str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
+        wait_until(lambda: self._pings_sentinel(process, port), 10, f"redis-sentinel on port {port}")
+        return process
+
+    @staticmethod
+    def _pings_sentinel(process: subprocess.Popen[bytes], port: int) -> bool:
+        if process.poll() is not None:
+            raise RuntimeError(f"redis-sentinel exited: {process.stderr.read().decode() if process.stderr else ''}")
+        try:
+            return bool(redis.Redis(port=port).ping())
+        except redis.RedisError:
+            return False
+
+    def _all_known(self) -> bool:
+        try:
+            for port in self.sentinel_ports:
+                sentinel = redis.Redis(port=port, decode_responses=True)
+                if not sentinel.sentinel_slaves(SENTINEL_MASTER):
+                    return False
+                if len(sentinel.sentinel_sentinels(SENTINEL_MASTER)) < len(self.sentinel_ports) - 1:
+                    return False
+        except redis.RedisError:
+            return False
+        return True
+
+    def master_port(self) -> int | None:
+        """The master's port as the first answering sentinel reports it."""
+        for port in self.sentinel_ports:
+            try:
+                address = redis.Redis(port=port).sentinel_get_master_addr_by_name(SENTINEL_MASTER)
+            except redis.RedisError:
+                continue
+            if address:
+                return int(address[1])
+        return None
+
+    def current_master(self) -> RedisServer:
+        return self.replica if self.master_port() == self.replica.port else self.master
+
+    def kill_master(self) -> None:
+        """SIGKILL the master (the one we started), as a crashed machine would go."""
+        self.master.stop(kill=True)
+
+    def wait_for_failover(self, timeout: float = 30) -> None:
+        """Until the sentinels name the replica master and it accepts writes."""
+        wait_until(lambda: self.master_port() == self.replica.port, timeout, "the sentinels to promote the replica")
+        wait_until(lambda: _role(self.replica.client()) == "master", timeout, "the replica to take the master role")
+
+    def stop(self) -> None:
+        for process in self.sentinels:
+            stop_process(process, grace=10)
+        self.sentinels = []
+        self.master.cleanup()
+        self.replica.cleanup()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def _linked(client: redis.Redis) -> bool:
+    try:
+        return client.info("replication").get("master_link_status") == "up"
+    except redis.RedisError:
+        return False
+
+
+def _role(client: redis.Redis) -> str | None:
+    try:
+        return str(client.info("replication").get("role"))
+    except redis.RedisError:
+        return None

@@ -199,8 +199,22 @@ class BatchedResult(_AnyResult):
             left = RECHECK_SECONDS if deadline is None else min(RECHECK_SECONDS, deadline - time.monotonic())
             if left > 0 and self._slot.wait(left):
                 return self._slot.meta  # type: ignore[return-value]
-            meta = self.backend.get_task_meta(self.id)
-            if meta["status"] in states.READY_STATES:
+            meta = self._read_stored()
+            if meta is not None and meta["status"] in states.READY_STATES:
                 return meta
             if deadline is not None and time.monotonic() >= deadline:
                 raise CeleryTimeoutError("The operation timed out.")
+
+    def _read_stored(self) -> dict[str, Any] | None:
+        """The stored result, or ``None`` while Redis is unreachable.
+
+        A Redis restart or a Sentinel failover is not this task's failure: its
+        result may well be stored once a master answers again, so the wait goes
+        on to its own deadline.
+        """
+        try:
+            meta: dict[str, Any] = self.backend.get_task_meta(self.id)
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            logger.debug("reading the result of %s: Redis unavailable (%s); waiting on", self.id, exc)
+            return None
+        return meta
