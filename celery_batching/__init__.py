@@ -35,6 +35,7 @@ _EXPORTS = {
             "InvalidTaskCall",
             "MalformedMessage",
             "ModelLoadError",
+            "NotReplicated",
             "ResultNotSerializable",
             "SampleTooLarge",
         )
@@ -59,6 +60,7 @@ if TYPE_CHECKING:  # `X as X`: explicit re-exports, for type checkers
         InvalidTaskCall as InvalidTaskCall,
         MalformedMessage as MalformedMessage,
         ModelLoadError as ModelLoadError,
+        NotReplicated as NotReplicated,
         ResultNotSerializable as ResultNotSerializable,
         SampleTooLarge as SampleTooLarge,
     )

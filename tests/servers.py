@@ -201,9 +201,11 @@ class SentinelSet:
         self.master = RedisServer()
         self.replica = RedisServer(extra_args=["--replicaof", "127.0.0.1", str(self.master.port)])
         self.quorum = quorum
+        self.name = SENTINEL_MASTER
         self.sentinel_ports = [free_port() for _ in range(sentinels)]
         self.dir = tempfile.mkdtemp(prefix="cb-sentinel-")
         self.sentinels: list[subprocess.Popen[bytes]] = []
+        self.rejoined: RedisServer | None = None
 
     def url(self, db: int = 0) -> str:
         """Every sentinel, ``;``-separated, as kombu and Celery take them."""
@@ -255,6 +257,9 @@ class SentinelSet:
             return False
         return True
 
+    def sentinel_client(self) -> redis.Redis:
+        return redis.Redis(port=self.sentinel_ports[0])
+
     def master_port(self) -> int | None:
         """The master's port as the first answering sentinel reports it."""
         for port in self.sentinel_ports:
@@ -273,10 +278,17 @@ class SentinelSet:
         """SIGKILL the master (the one we started), as a crashed machine would go."""
         self.master.stop(kill=True)
 
+    def rejoin_as_replica(self) -> RedisServer:
+        """Start the killed master again, empty, as a replica of the promoted one (its machine came back)."""
+        self.rejoined = RedisServer(self.master.port, extra_args=["--replicaof", "127.0.0.1", str(self.replica.port)])
+        self.rejoined.start()
+        wait_until(lambda: _linked(self.rejoined.client()) if self.rejoined else False, 20, "the old master to sync")
+        return self.rejoined
+
     def wait_for_failover(self, timeout: float = 30) -> None:
         """Until the sentinels name the replica master and it accepts writes."""
         wait_until(lambda: self.master_port() == self.replica.port, timeout, "the sentinels to promote the replica")
-        wait_until(lambda: _role(self.replica.client()) == "master", timeout, "the replica to take the master role")
+        wait_until(lambda: role(self.replica.client()) == "master", timeout, "the replica to take the master role")
 
     def stop(self) -> None:
         for process in self.sentinels:
@@ -284,6 +296,8 @@ class SentinelSet:
         self.sentinels = []
         self.master.cleanup()
         self.replica.cleanup()
+        if self.rejoined is not None:
+            self.rejoined.cleanup()
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
@@ -294,7 +308,8 @@ def _linked(client: redis.Redis) -> bool:
         return False
 
 
-def _role(client: redis.Redis) -> str | None:
+def role(client: redis.Redis) -> str | None:
+    """The server's replication role ("master" or "slave"), or None while it does not answer."""
     try:
         return str(client.info("replication").get("role"))
     except redis.RedisError:

@@ -27,6 +27,7 @@ from kombu.utils.uuid import uuid
 from ..protocol import envelope
 from .backends import check_result_backend
 from .per_process import PerProcess
+from .replication import replica_wait
 from .replies import BatchedResult, ReplyHub, reply_hub
 from .sent_events import sent_events
 
@@ -105,8 +106,7 @@ def send_many(
         )
         for task_id, sample in zip(task_ids, samples)
     ]
-    # One LPUSH of them all: one command, so a worker claims them in order and all at once.
-    _publishers.get(app).client.lpush(queue, *payloads)
+    _publishers.get(app).push(queue, payloads, f"{task.name}: sending task {task_ids[0]}")
     return results
 
 
@@ -125,6 +125,20 @@ class _Publisher:
         if not isinstance(channel, RedisChannel):
             raise TypeError(f"celery-batching needs a Redis broker, not {self._connection.transport_cls!r}")
         self.client = channel.client
+        self._wait = replica_wait(app)
+
+    def push(self, queue: str, payloads: list[Any], what: str) -> None:
+        """One LPUSH of them all: one command, so a worker claims them in order and all at once.
+
+        With ``batching_wait_replicas``, its ``WAIT`` rides in the same round trip.
+        """
+        if self._wait is None:
+            self.client.lpush(queue, *payloads)
+            return
+        pipe = self.client.pipeline(transaction=False)
+        pipe.lpush(queue, *payloads)
+        self._wait.append_to(pipe)
+        self._wait.check(pipe.execute()[-1], what)
 
 
 _publishers: PerProcess[_Publisher] = PerProcess(_Publisher)

@@ -20,6 +20,7 @@ from celery import Celery, states
 from celery.backends.redis import RedisBackend
 
 from .. import fastjson
+from ..client.replication import replica_wait
 from ..errors import ResultNotSerializable
 from ..protocol import takes_batches
 
@@ -72,6 +73,8 @@ class ResultWriter:
             self._store_once = self._redis.client.register_script(source)
         # orjson for JSON records (same decoded value, a fraction of the time); else the backend's encoder.
         self._encode_meta = fastjson.dumps if fastjson.serves_backend(self.backend) else self.backend.encode
+        # With batching_wait_replicas: a batch counts as stored (and is acked) once replicas have it.
+        self._wait = replica_wait(app) if self._redis is not None else None
         # JSON records can be joined into one array per reply channel; other serializers' cannot.
         self._joinable = self.serializer == "json"
 
@@ -171,7 +174,11 @@ class ResultWriter:
                     pipe.publish(channel, payload)
             for channel, payloads in replies.items():
                 pipe.publish(channel, payloads[0] if len(payloads) == 1 else _json_array(payloads))
-            pipe.execute()
+            if self._wait is not None:
+                self._wait.append_to(pipe)  # one WAIT per batch: acked only once a replica has the results
+            replies_of_pipe = pipe.execute()
+        if self._wait is not None:
+            self._wait.check(replies_of_pipe[-1], f"{self.task_name}: storing {len(encoded)} result(s)")
 
     def _write_generic(self, result: TaskResult) -> None:
         traceback = format_traceback(result.value) if result.state in _TRACEBACK_STATES else None
