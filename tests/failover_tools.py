@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -65,27 +64,32 @@ class LoadedClients:
         i = 0
         while not self._stop.is_set():
             i += 1
-            sample = k * 10_000_000 + i
             began = time.monotonic()
-            try:
-                result = self.task.delay(sample)
-            except Exception as exc:  # noqa: BLE001 - counted; the caller would send again
-                self._count(lambda t: t.send_errors.append(f"{type(exc).__name__}: {exc}"))
+            outcome, detail = self._one(k * 10_000_000 + i)
+            with self.tally.lock:
+                if outcome == "refused":
+                    self.tally.send_errors.append(detail)
+                elif outcome == "lost":
+                    self.tally.sent += 1
+                    self.tally.lost.append(detail)
+                else:
+                    self.tally.sent += 1
+                    self.tally.done += 1
+                    self.tally.done_ids.append(detail)
+                    self.tally.latencies.append(time.monotonic() - began)
+            if outcome == "refused":
                 self._stop.wait(SEND_ERROR_PAUSE_SECONDS)
-                continue
-            self._count(lambda t: setattr(t, "sent", t.sent + 1))
-            try:
-                value = result.get(timeout=self.result_timeout)
-            except Exception as exc:  # noqa: BLE001 - a lost task, named with why
-                self._count(lambda t: t.lost.append(f"{result.id}: {type(exc).__name__}: {exc}"))
-                continue
-            if value != 2 * sample:
-                self._count(lambda t: t.lost.append(f"{result.id}: wrong result {value!r} for {sample}"))
-                continue
-            seconds = time.monotonic() - began
-            self._count(lambda t: (t.done_ids.append(result.id), t.latencies.append(seconds)))
-            self._count(lambda t: setattr(t, "done", t.done + 1))
 
-    def _count(self, update: Callable[[Tally], object]) -> None:
-        with self.tally.lock:
-            update(self.tally)
+    def _one(self, sample: int) -> tuple[str, str]:
+        """Send ``sample`` and wait: ("done", task id), ("refused", why) or ("lost", task id and why)."""
+        try:
+            result = self.task.delay(sample)
+        except Exception as exc:  # noqa: BLE001 - counted; the caller would send again
+            return "refused", f"{type(exc).__name__}: {exc}"
+        try:
+            value = result.get(timeout=self.result_timeout)
+        except Exception as exc:  # noqa: BLE001 - a lost task, named with why
+            return "lost", f"{result.id}: {type(exc).__name__}: {exc}"
+        if value != 2 * sample:
+            return "lost", f"{result.id}: wrong result {value!r} for {sample}"
+        return "done", result.id
