@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what celery-batching needs on a fresh Debian/Ubuntu machine (run as root):
-# redis-server from the distribution, a virtual environment in .venv with the
+# redis-server and redis-sentinel from the distribution, a virtual environment in .venv with the
 # project and its extras. Idempotent: a second run only checks.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,6 +12,13 @@ if ! command -v redis-server >/dev/null 2>&1; then
     apt-get install -y -qq redis-server >/dev/null
     # The package starts a system-wide instance on 6379; the project uses private ones.
     (service redis-server stop || systemctl stop redis-server) >/dev/null 2>&1 || true
+fi
+if ! command -v redis-sentinel >/dev/null 2>&1; then
+    echo "==> installing redis-sentinel (Debian package; the Sentinel tests start private ones)"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq redis-sentinel >/dev/null
+    (service redis-sentinel stop || systemctl stop redis-sentinel) >/dev/null 2>&1 || true
 fi
 
 if [ ! -x .venv/bin/python ]; then

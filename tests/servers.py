@@ -195,9 +195,11 @@ class SentinelSet:
     """
 
     def __init__(self, sentinels: int = 3, quorum: int = 2) -> None:
-        self.sentinel_binary = shutil.which("redis-sentinel")
-        if self.sentinel_binary is None:
+        # Debian's redis-sentinel is redis-server under another name; `redis-server --sentinel` is the same.
+        sentinel, server = shutil.which("redis-sentinel"), shutil.which("redis-server")
+        if sentinel is None and server is None:
             raise RuntimeError("redis-sentinel is not installed: run scripts/setup.sh (apt-get install redis-sentinel)")
+        self.sentinel_argv = [sentinel] if sentinel else [str(server), "--sentinel"]
         self.master = RedisServer()
         self.replica = RedisServer(extra_args=["--replicaof", "127.0.0.1", str(self.master.port)])
         self.quorum = quorum
@@ -229,10 +231,8 @@ class SentinelSet:
             f"sentinel failover-timeout {SENTINEL_MASTER} {FAILOVER_TIMEOUT_MS}\n"
             f"sentinel parallel-syncs {SENTINEL_MASTER} 1\n"
         )
-        assert self.sentinel_binary is not None
-        process = subprocess.Popen(
-            [self.sentinel_binary, str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-        )
+        argv = [self.sentinel_argv[0], str(config), *self.sentinel_argv[1:]]
+        process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         wait_until(lambda: self._pings_sentinel(process, port), 10, f"redis-sentinel on port {port}")
         return process
 
