@@ -194,14 +194,16 @@ class SentinelSet:
     elects the one that promotes the replica, as in a production set.
     """
 
-    def __init__(self, sentinels: int = 3, quorum: int = 2) -> None:
+    def __init__(self, sentinels: int = 3, quorum: int = 2, replica_link: Callable[[int], int] | None = None) -> None:
+        """``replica_link`` maps the master's port to the one the replica dials (a relay in between)."""
         # Debian's redis-sentinel is redis-server under another name; `redis-server --sentinel` is the same.
         sentinel, server = shutil.which("redis-sentinel"), shutil.which("redis-server")
         if sentinel is None and server is None:
             raise RuntimeError("redis-sentinel is not installed: run scripts/setup.sh (apt-get install redis-sentinel)")
         self.sentinel_argv = [sentinel] if sentinel else [str(server), "--sentinel"]
         self.master = RedisServer()
-        self.replica = RedisServer(extra_args=["--replicaof", "127.0.0.1", str(self.master.port)])
+        link = replica_link(self.master.port) if replica_link else self.master.port
+        self.replica = RedisServer(extra_args=["--replicaof", "127.0.0.1", str(link)])
         self.quorum = quorum
         self.name = SENTINEL_MASTER
         self.sentinel_ports = [free_port() for _ in range(sentinels)]
