@@ -67,15 +67,12 @@ def run_once(clients: int, before: float, after: float, lag_ms: float, wait_repl
             killed = time.monotonic()
             behind = replica_behind_bytes(servers)
             steady_rate = load.done() / before
-            servers.kill_master()
-            servers.wait_for_failover()
-            promoted = time.monotonic() - killed
-            servers.rejoin_as_replica()
+            promoted = servers.fail_over()
             time.sleep(after)
             load.stop()
             seconds = time.monotonic() - killed + before
         tally = load.tally
-        stored = servers.replica.client(1)
+        stored = servers.master.client(1)  # the promoted one
         missing = sum(1 for task_id in tally.done_ids if not stored.exists(RESULT_PREFIX + task_id))
         runs = Records(record_dir).runs("soak")
     finally:

@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import redis
+import redis.sentinel
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -186,6 +187,9 @@ DOWN_AFTER_MS = 1000
 # How long one failover attempt may take before another sentinel tries (Redis's default: 3 min).
 FAILOVER_TIMEOUT_MS = 5000
 
+# A replica's full sync starts at once (Redis waits 5 s for company by default).
+FAST_SYNC = ["--repl-diskless-sync-delay", "0"]
+
 
 class SentinelSet:
     """A master, a replica and three sentinels watching them, all private and on loopback.
@@ -201,15 +205,15 @@ class SentinelSet:
         if sentinel is None and server is None:
             raise RuntimeError("redis-sentinel is not installed: run scripts/setup.sh (apt-get install redis-sentinel)")
         self.sentinel_argv = [sentinel] if sentinel else [str(server), "--sentinel"]
-        self.master = RedisServer()
+        self.master = RedisServer(extra_args=FAST_SYNC)
         link = replica_link(self.master.port) if replica_link else self.master.port
-        self.replica = RedisServer(extra_args=["--replicaof", "127.0.0.1", str(link)])
+        self.replica = RedisServer(extra_args=[*FAST_SYNC, "--replicaof", "127.0.0.1", str(link)])
         self.quorum = quorum
         self.name = SENTINEL_MASTER
         self.sentinel_ports = [free_port() for _ in range(sentinels)]
         self.dir = tempfile.mkdtemp(prefix="cb-sentinel-")
         self.sentinels: list[subprocess.Popen[bytes]] = []
-        self.rejoined: RedisServer | None = None
+        self.retired: list[RedisServer] = []
 
     def url(self, db: int = 0) -> str:
         """Every sentinel, ``;``-separated, as kombu and Celery take them."""
@@ -262,6 +266,11 @@ class SentinelSet:
     def sentinel_client(self) -> redis.Redis:
         return redis.Redis(port=self.sentinel_ports[0])
 
+    def master_client(self, db: int = 0) -> redis.Redis:
+        """A client that asks the sentinels where the master is whenever it (re)connects."""
+        sentinel = redis.sentinel.Sentinel([("127.0.0.1", port) for port in self.sentinel_ports])
+        return sentinel.master_for(self.name, db=db)
+
     def master_port(self) -> int | None:
         """The master's port as the first answering sentinel reports it."""
         for port in self.sentinel_ports:
@@ -281,11 +290,26 @@ class SentinelSet:
         self.master.stop(kill=True)
 
     def rejoin_as_replica(self) -> RedisServer:
-        """Start the killed master again, empty, as a replica of the promoted one (its machine came back)."""
-        self.rejoined = RedisServer(self.master.port, extra_args=["--replicaof", "127.0.0.1", str(self.replica.port)])
-        self.rejoined.start()
-        wait_until(lambda: _linked(self.rejoined.client()) if self.rejoined else False, 20, "the old master to sync")
-        return self.rejoined
+        """Start the killed master again, empty, as a replica of the promoted one (its machine came back).
+
+        The roles then swap: ``master`` is the promoted server, ``replica`` the one that came back.
+        """
+        dead = self.master
+        rejoined = RedisServer(dead.port, extra_args=[*FAST_SYNC, "--replicaof", "127.0.0.1", str(self.replica.port)])
+        self.retired.append(dead)
+        rejoined.start()
+        wait_until(lambda: _linked(rejoined.client()), 60, "the old master to sync")
+        self.master, self.replica = self.replica, rejoined
+        return rejoined
+
+    def fail_over(self, timeout: float = 30) -> float:
+        """Kill the master, wait for the promotion, bring the dead one back as a replica; seconds to promotion."""
+        began = time.monotonic()
+        self.kill_master()
+        self.wait_for_failover(timeout)
+        promoted = time.monotonic() - began
+        self.rejoin_as_replica()
+        return promoted
 
     def wait_for_failover(self, timeout: float = 30) -> None:
         """Until the sentinels name the replica master and it accepts writes."""
@@ -296,10 +320,8 @@ class SentinelSet:
         for process in self.sentinels:
             stop_process(process, grace=10)
         self.sentinels = []
-        self.master.cleanup()
-        self.replica.cleanup()
-        if self.rejoined is not None:
-            self.rejoined.cleanup()
+        for server in (self.master, self.replica, *self.retired):
+            server.cleanup()
         shutil.rmtree(self.dir, ignore_errors=True)
 
 

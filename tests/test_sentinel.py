@@ -88,7 +88,7 @@ def test_killing_the_master_under_load_loses_no_task(sentinel_set, workers, monk
 
     # And no task whose send returned was lost, and every result is stored on the new master
     assert tally.lost == []
-    new_master = sentinel_set.replica
+    new_master = sentinel_set.master  # the promoted replica, since the old master rejoined as its replica
     stored = new_master.client(1).exists(*[RESULT_PREFIX + task_id for task_id in tally.done_ids])
     assert stored == len(tally.done_ids) == tally.sent
     # And the worker's watchers moved to the new master, and nothing is left queued or claimed
