@@ -186,6 +186,8 @@ SENTINEL_MASTER = "cbmaster"
 DOWN_AFTER_MS = 1000
 # How long one failover attempt may take before another sentinel tries (Redis's default: 3 min).
 FAILOVER_TIMEOUT_MS = 5000
+# A sentinel starts no new failover of a master for twice failover-timeout after its last one (plus a margin).
+FAILOVER_PAUSE_SECONDS = 2 * FAILOVER_TIMEOUT_MS / 1000 + 1
 
 # A replica's full sync starts at once (Redis waits 5 s for company by default).
 FAST_SYNC = ["--repl-diskless-sync-delay", "0"]
@@ -214,6 +216,7 @@ class SentinelSet:
         self.dir = tempfile.mkdtemp(prefix="cb-sentinel-")
         self.sentinels: list[subprocess.Popen[bytes]] = []
         self.retired: list[RedisServer] = []
+        self._next_failover = 0.0
 
     def url(self, db: int = 0) -> str:
         """Every sentinel, ``;``-separated, as kombu and Celery take them."""
@@ -266,6 +269,18 @@ class SentinelSet:
     def sentinel_client(self) -> redis.Redis:
         return redis.Redis(port=self.sentinel_ports[0])
 
+    def _replica_seen_healthy(self) -> bool:
+        try:
+            for port in self.sentinel_ports:
+                replicas = redis.Redis(port=port).sentinel_slaves(self.name)
+                if not any(
+                    r["port"] == self.replica.port and not (r["is_sdown"] or r["is_disconnected"]) for r in replicas
+                ):
+                    return False
+        except redis.RedisError:
+            return False
+        return True
+
     def master_client(self, db: int = 0) -> redis.Redis:
         """A client that asks the sentinels where the master is whenever it (re)connects."""
         sentinel = redis.sentinel.Sentinel([("127.0.0.1", port) for port in self.sentinel_ports])
@@ -303,8 +318,15 @@ class SentinelSet:
         return rejoined
 
     def fail_over(self, timeout: float = 30) -> float:
-        """Kill the master, wait for the promotion, bring the dead one back as a replica; seconds to promotion."""
+        """Kill the master, wait for the promotion, bring the dead one back as a replica; seconds to promotion.
+
+        A second kill waits until the sentinels could promote again: they see the
+        replica healthy, and the pause after their last failover is over.
+        """
+        wait_until(self._replica_seen_healthy, timeout, "every sentinel to see the replica up")
+        wait_until(lambda: time.monotonic() >= self._next_failover, timeout, "the sentinels' pause after a failover")
         began = time.monotonic()
+        self._next_failover = began + FAILOVER_PAUSE_SECONDS
         self.kill_master()
         self.wait_for_failover(timeout)
         promoted = time.monotonic() - began
