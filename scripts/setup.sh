@@ -5,21 +5,20 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if ! command -v redis-server >/dev/null 2>&1; then
-    echo "==> installing redis-server (Debian package)"
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq
-    apt-get install -y -qq redis-server >/dev/null
-    # The package starts a system-wide instance on 6379; the project uses private ones.
-    (service redis-server stop || systemctl stop redis-server) >/dev/null 2>&1 || true
-fi
-if ! command -v redis-sentinel >/dev/null 2>&1; then
-    echo "==> installing redis-sentinel (Debian package; the Sentinel tests start private ones)"
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq
-    apt-get install -y -qq redis-sentinel >/dev/null
-    (service redis-sentinel stop || systemctl stop redis-sentinel) >/dev/null 2>&1 || true
-fi
+# A Debian package, installed once; it starts a system-wide instance, which the
+# project does not use (tests and the demo start private ones), so it is stopped.
+install_package() {
+    local package=$1
+    if ! command -v "$package" >/dev/null 2>&1; then
+        echo "==> installing $package (Debian package)"
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get update -qq
+        apt-get install -y -qq "$package" >/dev/null
+        (service "$package" stop || systemctl stop "$package") >/dev/null 2>&1 || true
+    fi
+}
+install_package redis-server
+install_package redis-sentinel  # the Sentinel tests start private sentinels
 
 if [ ! -x .venv/bin/python ]; then
     echo "==> creating .venv"
