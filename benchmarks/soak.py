@@ -181,6 +181,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep-logs", action="store_true")
     args = parser.parse_args(argv)
     rng = random.Random(args.seed)
+    # A SIGTERM (a `timeout` around the run) ends through the finally below: no server or worker outlives it.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
 
     record_dir = Path(tempfile.mkdtemp(prefix="cb-soak-"))
     store = Store(args.failover_every > 0)
