@@ -1,7 +1,7 @@
 """Soak run: many tasks through workers that keep being killed; nothing may be lost.
 
-``python -m benchmarks.soak [--tasks 100000] [--workers 3] [--fault-every 4] [--prefix tenant:]
-[--write-latency 0.1]``
+``python -m benchmarks.soak [--tasks 100000] [--workers 3] [--fault-every 4] [--failover-every 0]
+[--prefix tenant:] [--write-latency 0.1]``
 
 A private redis-server, ``--workers`` celery workers of ``tests.apps.faulty``
 (its ``faulty.soak`` task), and ``--clients`` client threads that each send
@@ -9,10 +9,13 @@ chunks with ``submit_many`` and wait on them with ``gather``. Meanwhile a
 supervisor picks a worker at random every few seconds, sends it SIGKILL or
 SIGTERM, and starts it again. A few samples are poison (they crash their
 batch). Worker 0 is never faulted: its memory over the run is the RSS figure.
-Two more faults on request: ``--prefix`` runs client and workers under kombu's
-``global_keyprefix``; ``--write-latency`` puts the workers' result backend
-behind a proxy that delays every command (a slow result store, which must slow
-claiming rather than let claims outlive the visibility timeout).
+With ``--failover-every``, broker and results live on a Sentinel set
+(tests.servers.SentinelSet) whose master is killed now and then; the killed one
+comes back as the promoted replica's replica. ``--prefix`` runs client and
+workers under kombu's ``global_keyprefix``; ``--write-latency`` puts the
+workers' result backend behind a proxy that delays every command (a slow
+result store, which must slow claiming rather than let claims outlive the
+visibility timeout).
 
 It reports lost tasks (no final result in the end: must be 0), wrong results,
 samples the model ran more than once (expected after kills: at-least-once),
@@ -37,11 +40,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import psutil
+import redis
 
-from celery_batching import gather, submit_many
+from celery_batching import SendOutcomeUnknown, gather, submit_many
 from tests.fault_tools import Announcements, Broker, Records, load_app
 from tests.proxy import LatencyProxy
-from tests.servers import RedisServer, Worker, wait_until
+from tests.servers import RedisServer, SentinelSet, Worker, wait_until
 
 APP = "tests.apps.faulty"
 QUEUE = "faulty.soak"
@@ -51,6 +55,8 @@ VISIBILITY_TIMEOUT = "5"
 CHUNK_TIMEOUT = 300.0
 # Longest the end of a run waits for leftover claims: the visibility timeout plus two restore cycles, with margin.
 DRAIN_SECONDS = float(VISIBILITY_TIMEOUT) + 30.0
+# Pause before a chunk is sent again while no Redis master answers.
+RESEND_PAUSE_SECONDS = 0.5
 
 
 @dataclass
@@ -63,6 +69,7 @@ class Tally:
     wrong: list[str] = field(default_factory=list)
     timed_out: list[str] = field(default_factory=list)
     chunk_seconds: list[float] = field(default_factory=list)
+    resent_chunks: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -87,7 +94,7 @@ def client(task, chunks: list[list[int]], tally: Tally) -> None:
     """One client thread: send a chunk, wait for all of it, next (Celery's backend is per thread)."""
     for samples in chunks:
         sent = time.monotonic()
-        results = submit_many(task, samples)
+        results = send_until_accepted(task, samples, tally)
         with tally.lock:
             tally.sent += len(samples)
         try:
@@ -99,6 +106,21 @@ def client(task, chunks: list[list[int]], tally: Tally) -> None:
             print(f"  client: a chunk did not finish: {type(exc).__name__}: {exc}", flush=True)
             continue
         check_chunk(samples, outcomes, tally)
+
+
+def send_until_accepted(task, samples: list[int], tally: Tally) -> list:
+    """``submit_many``, sent again while no Redis master answers (a failover); counts the resends.
+
+    A push cut off mid-command may have landed: a resend can then run the samples
+    twice (under new task ids), which ``samples_run_more_than_once`` shows.
+    """
+    while True:
+        try:
+            return submit_many(task, samples)
+        except (redis.ConnectionError, redis.TimeoutError, SendOutcomeUnknown):
+            with tally.lock:
+                tally.resent_chunks += 1
+            time.sleep(RESEND_PAUSE_SECONDS)
 
 
 class Supervisor:
@@ -159,6 +181,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--predict-seconds", type=float, default=0.005, help="time one predict takes (so kills land mid-batch)"
     )
+    parser.add_argument(
+        "--failover-every",
+        type=float,
+        default=0.0,
+        help="mean seconds between master kills, on a Sentinel set (master, replica, 3 sentinels); 0: no Sentinel",
+    )
     parser.add_argument("--prefix", default="", help="kombu's global_keyprefix for client and workers")
     parser.add_argument(
         "--write-latency", type=float, default=0.0, help="seconds added to each command the workers send the backend"
@@ -167,42 +195,51 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep-logs", action="store_true")
     args = parser.parse_args(argv)
     rng = random.Random(args.seed)
+    # A SIGTERM (a `timeout` around the run) ends through the finally below: no server or worker outlives it.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
 
     record_dir = Path(tempfile.mkdtemp(prefix="cb-soak-"))
-    redis_server = RedisServer().start()
+    if args.write_latency and args.failover_every:
+        parser.error("--write-latency proxies one redis-server; it does not follow a Sentinel failover")
+    store = Store(args.failover_every > 0)
     proxies = contextlib.ExitStack()
-    slow_backend = None
+    worker_backend = store.backend_url
     if args.write_latency:
-        slow_backend = proxies.enter_context(LatencyProxy(redis_server.port, args.write_latency))
+        worker_backend = proxies.enter_context(LatencyProxy(store.current().port, args.write_latency)).url(1)
     env = {
         "CB_RECORD_DIR": str(record_dir),
         "CB_VISIBILITY_TIMEOUT": VISIBILITY_TIMEOUT,
         "CB_BATCH_SECONDS": str(args.predict_seconds),
+        "CB_TEST_BACKEND": worker_backend,
         "CB_KEYPREFIX": args.prefix,
-        **({"CB_TEST_BACKEND": slow_backend.url(1)} if slow_backend else {}),
     }
-    supervisor = Supervisor(redis_server.url(0), args.workers, env, rng)
+    supervisor = Supervisor(store.broker_url, args.workers, env, rng)
     os.environ["CB_KEYPREFIX"] = args.prefix  # for the client's copy of the app
-    app = load_app(APP, redis_server.url(0))
+    app = load_app(APP, store.broker_url, store.backend_url)
     samples = sample_plan(args.tasks, args.poison_rate, rng)
     chunks = [samples[i : i + args.chunk] for i in range(0, len(samples), args.chunk)]
     tally = Tally()
     try:
         supervisor.start()
-        with Announcements(redis_server.client(1)) as announced:
-            report = run(args, app, chunks, supervisor, tally, rng)
-            wait_until(
-                lambda: len(announced.counts) >= tally.succeeded + tally.poison_failed,
-                30,
-                "every announcement to arrive",
-            )
-        report["drain_seconds"] = drain(Broker(redis_server.client(0), QUEUE, args.prefix))
-        report.update(settle(redis_server, samples, record_dir, announced, tally, args.prefix))
+        with Announcements(store.results_client()) as announced:
+            report = run(args, app, chunks, supervisor, store, tally, rng)
+            try:
+                wait_until(
+                    lambda: len(announced.counts) >= tally.succeeded + tally.poison_failed,
+                    30,
+                    "every announcement to arrive",
+                )
+            except TimeoutError:
+                if not store.sentinel:
+                    raise  # with failovers, announcements made while the listener reconnected are missed
+        report["drain_seconds"] = drain(Broker(store.current().client(0), QUEUE, args.prefix))
+        report.update(settle(store.current(), samples, record_dir, announced, tally, args.prefix))
     finally:
         supervisor.stop()
         proxies.close()
-        redis_server.cleanup()
+        store.cleanup()
     report["faults"] = dict(supervisor.faults)
+    report["promotion_seconds"] = store.promotions
     print(json.dumps(report, indent=2))
     if not args.keep_logs:
         for log in supervisor.logs:
@@ -210,7 +247,36 @@ def main(argv: list[str] | None = None) -> int:
     return 0 if report["lost"] == 0 and report["wrong"] == 0 else 1
 
 
-def run(args, app, chunks: list[list[int]], supervisor: Supervisor, tally: Tally, rng: random.Random) -> dict:
+class Store:
+    """The Redis the soak runs on: one redis-server, or a Sentinel set whose master gets killed."""
+
+    def __init__(self, sentinel: bool) -> None:
+        self.sentinel = SentinelSet().start() if sentinel else None
+        self.plain = None if sentinel else RedisServer().start()
+        self.broker_url = self.sentinel.url(0) if self.sentinel else self.plain.url(0)
+        self.backend_url = self.sentinel.url(1) if self.sentinel else self.plain.url(1)
+        self.promotions: list[float] = []
+
+    def current(self) -> RedisServer:
+        return self.sentinel.master if self.sentinel else self.plain
+
+    def results_client(self) -> redis.Redis:
+        """A client of the results database that follows failovers."""
+        return self.sentinel.master_client(1) if self.sentinel else self.plain.client(1)
+
+    def fail_over(self) -> None:
+        self.promotions.append(round(self.sentinel.fail_over(), 2))
+
+    def cleanup(self) -> None:
+        if self.sentinel:
+            self.sentinel.stop()
+        else:
+            self.plain.cleanup()
+
+
+def run(
+    args, app, chunks: list[list[int]], supervisor: Supervisor, store: Store, tally: Tally, rng: random.Random
+) -> dict:
     """Clients send and wait while the supervisor injects faults; returns timing and memory figures."""
     threads = [
         threading.Thread(target=client, args=(app.soak, chunks[i :: args.clients], tally), daemon=True)
@@ -221,6 +287,7 @@ def run(args, app, chunks: list[list[int]], supervisor: Supervisor, tally: Tally
         thread.start()
     rss_start = rss_peak = None
     next_fault = began + rng.expovariate(1 / args.fault_every)
+    next_failover = began + rng.expovariate(1 / args.failover_every) if store.sentinel else float("inf")
     next_report = began + 10
     while any(thread.is_alive() for thread in threads):
         time.sleep(0.2)
@@ -232,6 +299,10 @@ def run(args, app, chunks: list[list[int]], supervisor: Supervisor, tally: Tally
         if now >= next_fault:
             supervisor.fault()
             next_fault = time.monotonic() + rng.expovariate(1 / args.fault_every)
+        if now >= next_failover:
+            store.fail_over()
+            supervisor.faults["failover"] += 1
+            next_failover = time.monotonic() + rng.expovariate(1 / args.failover_every)
         if now >= next_report:
             done = tally.succeeded + tally.poison_failed
             print(
@@ -295,6 +366,7 @@ def settle(
         "wrong_examples": tally.wrong[:5],
         "lost": len(samples) - stored,
         "client_timeouts": len(tally.timed_out),
+        "resent_chunks": tally.resent_chunks,
         "slowest_chunk_seconds": round(max(tally.chunk_seconds, default=0.0), 1),
         "chunks_slower_than_visibility_timeout": sum(1 for t in tally.chunk_seconds if t > float(VISIBILITY_TIMEOUT)),
         "results_stored": stored,

@@ -143,3 +143,21 @@ class SendOutcomeUnknown(BatchingError):
             f"{task_name}: sending task id(s) {shown} was not confirmed after {attempts} attempt(s) ({reason}); "
             f"they may be queued: get() their results, or send again with the same task_id (never pushed twice)"
         )
+
+
+class NotReplicated(BatchingError):
+    """Fewer replicas than ``batching_wait_replicas`` confirmed a write within its timeout.
+
+    The write is on the master; a failover before a replica has it would drop it.
+    """
+
+    def __init__(self, what: str, confirmed: int, wanted: int, timeout_ms: int) -> None:
+        super().__init__(what, confirmed, wanted, timeout_ms)
+
+    def __str__(self) -> str:
+        what, confirmed, wanted, timeout_ms = self.args
+        return (
+            f"{what}: {confirmed} of batching_wait_replicas={wanted} replica(s) confirmed the write within "
+            f"{timeout_ms} ms; it is on the master but a failover now could lose it (check the replicas' "
+            f"link, or raise batching_wait_timeout)"
+        )

@@ -1,18 +1,24 @@
 #!/usr/bin/env bash
 # Installs what celery-batching needs on a fresh Debian/Ubuntu machine (run as root):
-# redis-server from the distribution, a virtual environment in .venv with the
+# redis-server and redis-sentinel from the distribution, a virtual environment in .venv with the
 # project and its extras. Idempotent: a second run only checks.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if ! command -v redis-server >/dev/null 2>&1; then
-    echo "==> installing redis-server (Debian package)"
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq
-    apt-get install -y -qq redis-server >/dev/null
-    # The package starts a system-wide instance on 6379; the project uses private ones.
-    (service redis-server stop || systemctl stop redis-server) >/dev/null 2>&1 || true
-fi
+# A Debian package, installed once; it starts a system-wide instance, which the
+# project does not use (tests and the demo start private ones), so it is stopped.
+install_package() {
+    local package=$1
+    if ! command -v "$package" >/dev/null 2>&1; then
+        echo "==> installing $package (Debian package)"
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get update -qq
+        apt-get install -y -qq "$package" >/dev/null
+        (service "$package" stop || systemctl stop "$package") >/dev/null 2>&1 || true
+    fi
+}
+install_package redis-server
+install_package redis-sentinel  # the Sentinel tests start private sentinels
 
 if ! command -v ip >/dev/null 2>&1; then
     echo "==> installing iproute2 (ip netns, for tests/test_multihost.py)"

@@ -204,7 +204,11 @@ class Announcements:
 
     def _listen(self) -> None:
         while not self._stop.is_set():
-            message = self._pubsub.get_message(timeout=0.1)
+            try:
+                message = self._pubsub.get_message(timeout=0.1)
+            except redis.ConnectionError:  # Redis restarting, or failing over: resubscribes on reconnect
+                self._stop.wait(0.1)
+                continue
             if message is not None and message["type"] == "pmessage":
                 self.heard(message["channel"].decode()[len(RESULT_PREFIX) :], message["data"])
 

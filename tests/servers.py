@@ -14,10 +14,11 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import redis
+import redis.sentinel
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -61,6 +62,7 @@ class RedisServer:
         password: str | None = None,
         appendonly: bool = False,
         also_bind: list[str] | None = None,
+        extra_args: Sequence[str] = (),
     ) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
@@ -86,6 +88,7 @@ class RedisServer:
         ]
         if password:
             self.args += ["--requirepass", password]
+        self.args += extra_args
         self.process: subprocess.Popen[bytes] | None = None
 
     def url(self, db: int = 0, address: str = "127.0.0.1") -> str:
@@ -188,3 +191,185 @@ class Worker:
 
     def stop(self) -> None:
         stop_process(self.process)
+
+
+# Name the sentinels know the monitored master by (the apps' ``master_name``).
+SENTINEL_MASTER = "cbmaster"
+# How long a master may stay silent before a sentinel calls it down (Redis's default is 30 s).
+DOWN_AFTER_MS = 1000
+# How long one failover attempt may take before another sentinel tries (Redis's default: 3 min).
+FAILOVER_TIMEOUT_MS = 5000
+# A sentinel starts no new failover of a master for twice failover-timeout after its last one (plus a margin).
+FAILOVER_PAUSE_SECONDS = 2 * FAILOVER_TIMEOUT_MS / 1000 + 1
+
+# A replica's full sync starts at once (Redis waits 5 s for company by default).
+FAST_SYNC = ["--repl-diskless-sync-delay", "0"]
+
+
+class SentinelSet:
+    """A master, a replica and three sentinels watching them, all private and on loopback.
+
+    Two sentinels must agree the master is down (the quorum), and a majority
+    elects the one that promotes the replica, as in a production set.
+    """
+
+    def __init__(self, sentinels: int = 3, quorum: int = 2, replica_link: Callable[[int], int] | None = None) -> None:
+        """``replica_link`` maps the master's port to the one the replica dials (a relay in between)."""
+        # Debian's redis-sentinel is redis-server under another name; `redis-server --sentinel` is the same.
+        sentinel, server = shutil.which("redis-sentinel"), shutil.which("redis-server")
+        if sentinel is None and server is None:
+            raise RuntimeError("redis-sentinel is not installed: run scripts/setup.sh (apt-get install redis-sentinel)")
+        self.sentinel_argv = [sentinel] if sentinel else [str(server), "--sentinel"]
+        self.master = RedisServer(extra_args=FAST_SYNC)
+        link = replica_link(self.master.port) if replica_link else self.master.port
+        self.replica = RedisServer(extra_args=[*FAST_SYNC, "--replicaof", "127.0.0.1", str(link)])
+        self.quorum = quorum
+        self.name = SENTINEL_MASTER
+        self.sentinel_ports = [free_port() for _ in range(sentinels)]
+        self.dir = tempfile.mkdtemp(prefix="cb-sentinel-")
+        self.sentinels: list[subprocess.Popen[bytes]] = []
+        self.retired: list[RedisServer] = []
+        self._next_failover = 0.0
+
+    def url(self, db: int = 0) -> str:
+        """Every sentinel, ``;``-separated, as kombu and Celery take them."""
+        return ";".join(f"sentinel://127.0.0.1:{port}/{db}" for port in self.sentinel_ports)
+
+    def start(self) -> SentinelSet:
+        self.master.start()
+        self.replica.start()
+        wait_until(lambda: _linked(self.replica.client()), 20, "the replica to sync with the master")
+        for port in self.sentinel_ports:
+            self.sentinels.append(self._start_sentinel(port))
+        wait_until(self._all_known, 30, "the sentinels to know the replica and each other")
+        return self
+
+    def _start_sentinel(self, port: int) -> subprocess.Popen[bytes]:
+        config = Path(self.dir) / f"sentinel-{port}.conf"  # sentinels rewrite their config: one file each
+        config.write_text(
+            f"port {port}\nbind 127.0.0.1\ndir {self.dir}\nloglevel warning\n"
+            f"sentinel monitor {SENTINEL_MASTER} 127.0.0.1 {self.master.port} {self.quorum}\n"
+            f"sentinel down-after-milliseconds {SENTINEL_MASTER} {DOWN_AFTER_MS}\n"
+            f"sentinel failover-timeout {SENTINEL_MASTER} {FAILOVER_TIMEOUT_MS}\n"
+            f"sentinel parallel-syncs {SENTINEL_MASTER} 1\n"
+        )
+        argv = [self.sentinel_argv[0], str(config), *self.sentinel_argv[1:]]
+        process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        wait_until(lambda: self._pings_sentinel(process, port), 10, f"redis-sentinel on port {port}")
+        return process
+
+    @staticmethod
+    def _pings_sentinel(process: subprocess.Popen[bytes], port: int) -> bool:
+        if process.poll() is not None:
+            raise RuntimeError(f"redis-sentinel exited: {process.stderr.read().decode() if process.stderr else ''}")
+        try:
+            return bool(redis.Redis(port=port).ping())
+        except redis.RedisError:
+            return False
+
+    def _all_known(self) -> bool:
+        try:
+            for port in self.sentinel_ports:
+                sentinel = redis.Redis(port=port, decode_responses=True)
+                if not sentinel.sentinel_slaves(SENTINEL_MASTER):
+                    return False
+                if len(sentinel.sentinel_sentinels(SENTINEL_MASTER)) < len(self.sentinel_ports) - 1:
+                    return False
+        except redis.RedisError:
+            return False
+        return True
+
+    def sentinel_client(self) -> redis.Redis:
+        return redis.Redis(port=self.sentinel_ports[0])
+
+    def _replica_seen_healthy(self) -> bool:
+        try:
+            for port in self.sentinel_ports:
+                replicas = redis.Redis(port=port).sentinel_slaves(self.name)
+                if not any(
+                    r["port"] == self.replica.port and not (r["is_sdown"] or r["is_disconnected"]) for r in replicas
+                ):
+                    return False
+        except redis.RedisError:
+            return False
+        return True
+
+    def master_client(self, db: int = 0) -> redis.Redis:
+        """A client that asks the sentinels where the master is whenever it (re)connects."""
+        sentinel = redis.sentinel.Sentinel([("127.0.0.1", port) for port in self.sentinel_ports])
+        return sentinel.master_for(self.name, db=db)
+
+    def master_port(self) -> int | None:
+        """The master's port as the first answering sentinel reports it."""
+        for port in self.sentinel_ports:
+            try:
+                address = redis.Redis(port=port).sentinel_get_master_addr_by_name(SENTINEL_MASTER)
+            except redis.RedisError:
+                continue
+            if address:
+                return int(address[1])
+        return None
+
+    def current_master(self) -> RedisServer:
+        return self.replica if self.master_port() == self.replica.port else self.master
+
+    def kill_master(self) -> None:
+        """SIGKILL the master (the one we started), as a crashed machine would go."""
+        self.master.stop(kill=True)
+
+    def rejoin_as_replica(self) -> RedisServer:
+        """Start the killed master again, empty, as a replica of the promoted one (its machine came back).
+
+        The roles then swap: ``master`` is the promoted server, ``replica`` the one that came back.
+        """
+        dead = self.master
+        rejoined = RedisServer(dead.port, extra_args=[*FAST_SYNC, "--replicaof", "127.0.0.1", str(self.replica.port)])
+        self.retired.append(dead)
+        rejoined.start()
+        wait_until(lambda: _linked(rejoined.client()), 60, "the old master to sync")
+        self.master, self.replica = self.replica, rejoined
+        return rejoined
+
+    def fail_over(self, timeout: float = 30) -> float:
+        """Kill the master, wait for the promotion, bring the dead one back as a replica; seconds to promotion.
+
+        A second kill waits until the sentinels could promote again: they see the
+        replica healthy, and the pause after their last failover is over.
+        """
+        wait_until(self._replica_seen_healthy, timeout, "every sentinel to see the replica up")
+        wait_until(lambda: time.monotonic() >= self._next_failover, timeout, "the sentinels' pause after a failover")
+        began = time.monotonic()
+        self._next_failover = began + FAILOVER_PAUSE_SECONDS
+        self.kill_master()
+        self.wait_for_failover(timeout)
+        promoted = time.monotonic() - began
+        self.rejoin_as_replica()
+        return promoted
+
+    def wait_for_failover(self, timeout: float = 30) -> None:
+        """Until the sentinels name the replica master and it accepts writes."""
+        wait_until(lambda: self.master_port() == self.replica.port, timeout, "the sentinels to promote the replica")
+        wait_until(lambda: role(self.replica.client()) == "master", timeout, "the replica to take the master role")
+
+    def stop(self) -> None:
+        for process in self.sentinels:
+            stop_process(process, grace=10)
+        self.sentinels = []
+        for server in (self.master, self.replica, *self.retired):
+            server.cleanup()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def _linked(client: redis.Redis) -> bool:
+    try:
+        return client.info("replication").get("master_link_status") == "up"
+    except redis.RedisError:
+        return False
+
+
+def role(client: redis.Redis) -> str | None:
+    """The server's replication role ("master" or "slave"), or None while it does not answer."""
+    try:
+        return str(client.info("replication").get("role"))
+    except redis.RedisError:
+        return None

@@ -11,6 +11,9 @@ never by resending through Celery's own path.
 The pushes of a process share a bounded set of connections (kombu's
 ``max_connections``, 10 by default); a thread that finds them all busy waits for
 one instead of failing with redis-py's "Too many connections".
+
+With ``batching_wait_replicas``, the push's ``WAIT`` rides in the same round
+trip (:mod:`~celery_batching.client.replication`).
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from kombu.utils.functional import retry_over_time
 
 from ..errors import QueueFull, SendOutcomeUnknown
 from .per_process import PerProcess
+from .replication import replica_wait
 
 #: Where sent markers live (after the broker's ``global_keyprefix``), one per call.
 SENT_MARKER_PREFIX = "celery-batching:sent:"
@@ -87,21 +91,31 @@ class Pusher:
         self._retry = bool(app.conf.task_publish_retry)
         self._policy: Mapping[str, Any] = app.conf.task_publish_retry_policy or {}
         self._marker_seconds = marker_seconds(self._retry, self._policy, channel.socket_timeout)
+        self._wait = replica_wait(app)
 
     def push(self, task_name: str, queue: str, payloads: Sequence[str], task_ids: Sequence[str], bound: int) -> None:
         """Push ``payloads`` onto ``queue`` once, unless that passes ``bound`` (0: no bound).
 
         Raises :class:`QueueFull` when refused, :class:`SendOutcomeUnknown` when no
-        attempt under the publish retry policy was confirmed.
+        attempt under the publish retry policy was confirmed, and
+        :class:`~celery_batching.errors.NotReplicated` when the push landed but
+        too few replicas confirmed it (not retried: it is on the queue).
         """
         keys = [self._prefix + SENT_MARKER_PREFIX + task_ids[0], *queue_lists(queue, self._options)]
         args: list[str | int] = [bound, self._marker_seconds, *payloads]
         attempts = [0]
+        confirmed = [0]
 
         def attempt() -> list[int]:
             attempts[0] += 1
             with self._connection_slot():
-                return [int(value) for value in self._script(keys=keys, args=args)]
+                if self._wait is None:
+                    return [int(value) for value in self._script(keys=keys, args=args)]
+                pipe = self.client.pipeline(transaction=False)
+                self._script(keys=keys, args=args, client=pipe)
+                self._wait.append_to(pipe)
+                answer, confirmed[0] = pipe.execute()
+                return [int(value) for value in answer]
 
         try:
             if self._retry:
@@ -112,6 +126,8 @@ class Pusher:
             raise SendOutcomeUnknown(task_name, list(task_ids), attempts[0], f"{type(exc).__name__}: {exc}") from exc
         if status == _FULL:
             raise QueueFull(queue, depth, bound, len(payloads))
+        if self._wait is not None:
+            self._wait.check(confirmed[0], f"{task_name}: sending task {task_ids[0]}")
 
     def depth(self, queue: str) -> int:
         """How many messages wait on ``queue``, all priorities (one pipelined read)."""

@@ -49,11 +49,23 @@ RECONNECT_PAUSE_SECONDS = 0.5
 class ReplySlot:
     """Where the listener leaves one task's result for its waiter."""
 
-    __slots__ = ("__weakref__", "_arrived", "meta")
+    __slots__ = ("__weakref__", "_arrived", "_hub", "_seen", "meta")
 
-    def __init__(self) -> None:
+    def __init__(self, hub: ReplyHub | None = None) -> None:
         self.meta: dict[str, Any] | None = None
         self._arrived = threading.Event()
+        self._hub = hub
+        self._seen = hub.reconnects if hub is not None else 0
+
+    def missed_replies(self) -> bool:
+        """Whether the listener reconnected since this slot last asked: a reply published
+        meanwhile is never delivered, so its waiter reads the stored result at once
+        (a batch of waiters would otherwise each wait a recheck period in turn)."""
+        if self._hub is None:
+            return False
+        now = self._hub.reconnects
+        missed, self._seen = now != self._seen, now
+        return missed
 
     def fulfil(self, meta: dict[str, Any]) -> None:
         self.meta = meta
@@ -77,12 +89,14 @@ class ReplyHub:
         # orjson for JSON replies (same decoded value as kombu's, a fraction of the time).
         self._decode = fastjson.loads if fastjson.serves_backend(backend) else backend.decode
         self._slots: weakref.WeakValueDictionary[str, ReplySlot] = weakref.WeakValueDictionary()
+        #: How often the listener lost its channel and subscribed again.
+        self.reconnects = 0
         self._pubsub = self._subscribe()
         threading.Thread(target=self._listen, name="celery-batching-replies", daemon=True).start()
 
     def expect(self, task_id: str) -> ReplySlot:
         """A slot for ``task_id``'s result; call before the task is sent."""
-        slot = ReplySlot()
+        slot = ReplySlot(self)
         self._slots[task_id] = slot
         return slot
 
@@ -116,6 +130,7 @@ class ReplyHub:
             time.sleep(RECONNECT_PAUSE_SECONDS)
             try:
                 self._pubsub = self._subscribe()
+                self.reconnects += 1
                 return
             except (redis.ConnectionError, redis.TimeoutError):
                 continue
@@ -197,10 +212,24 @@ class BatchedResult(_AnyResult):
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             left = RECHECK_SECONDS if deadline is None else min(RECHECK_SECONDS, deadline - time.monotonic())
-            if left > 0 and self._slot.wait(left):
+            if left > 0 and not self._slot.missed_replies() and self._slot.wait(left):
                 return self._slot.meta  # type: ignore[return-value]
-            meta = self.backend.get_task_meta(self.id)
-            if meta["status"] in states.READY_STATES:
+            meta = self._read_stored()
+            if meta is not None and meta["status"] in states.READY_STATES:
                 return meta
             if deadline is not None and time.monotonic() >= deadline:
                 raise CeleryTimeoutError("The operation timed out.")
+
+    def _read_stored(self) -> dict[str, Any] | None:
+        """The stored result, or ``None`` while Redis is unreachable.
+
+        A Redis restart or a Sentinel failover is not this task's failure: its
+        result may well be stored once a master answers again, so the wait goes
+        on to its own deadline.
+        """
+        try:
+            meta: dict[str, Any] = self.backend.get_task_meta(self.id)
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            logger.debug("reading the result of %s: Redis unavailable (%s); waiting on", self.id, exc)
+            return None
+        return meta

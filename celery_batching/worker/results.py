@@ -22,6 +22,7 @@ from celery import Celery, states
 from celery.backends.redis import RedisBackend
 
 from .. import fastjson
+from ..client.replication import replica_wait
 from ..errors import ResultNotSerializable
 from ..protocol import takes_batches
 
@@ -79,6 +80,8 @@ class ResultWriter:
             self._store_results = self._redis.client.register_script(source)
         # orjson for JSON records (same decoded value, a fraction of the time); else the backend's encoder.
         self._encode_meta = fastjson.dumps if fastjson.serves_backend(self.backend) else self.backend.encode
+        # With batching_wait_replicas: a batch counts as stored (and is acked) once replicas have it.
+        self._wait = replica_wait(app) if self._redis is not None else None
         # JSON records can be joined into one array per reply channel; other serializers' cannot.
         self._joinable = self.serializer == "json"
 
@@ -170,7 +173,14 @@ class ResultWriter:
             joined = bool(channel) and self._joinable and takes_batches(channel)
             late_after = "" if result.late_after is None else repr(result.late_after)
             args += [payload, "1" if result.store_once else "0", late_after, channel, "1" if joined else "0"]
-        stored = self._store_results(keys=keys, args=args, client=backend.client)
+        if self._wait is None:
+            stored = self._store_results(keys=keys, args=args, client=backend.client)
+        else:
+            with backend.client.pipeline(transaction=False) as pipe:
+                self._store_results(keys=keys, args=args, client=pipe)
+                self._wait.append_to(pipe)  # one WAIT per batch: acked only once a replica has the results
+                stored, confirmed = pipe.execute()
+            self._wait.check(confirmed, f"{self.task_name}: storing {len(encoded)} result(s)")
         return {result.task_id for (result, _), kept in zip(encoded, stored) if not kept}
 
     def _write_generic(self, result: TaskResult) -> bool:

@@ -9,7 +9,9 @@ Environment (read by the worker): ``CB_TEST_BROKER`` (required),
 ``CB_TEST_BACKEND`` (default: db 1 of the broker), ``CB_VISIBILITY_TIMEOUT``
 (seconds, default 3600), ``CB_ACCEPT_CONTENT`` (comma list, default json),
 ``CB_RECORD_DIR``, ``CB_GATE_DIR`` (see :func:`pass_gate`), ``CB_BATCH_SECONDS``
-(pause per batch, default 0), ``CB_KEYPREFIX`` (kombu's ``global_keyprefix``, default none).
+(pause per batch, default 0), ``CB_KEYPREFIX`` (kombu's ``global_keyprefix``, default none),
+``CB_WAIT_REPLICAS`` (``batching_wait_replicas``, default 0).
+``sentinel://`` URLs name tests.servers' Sentinel master.
 """
 
 from __future__ import annotations
@@ -23,9 +25,12 @@ from pathlib import Path
 from celery import Celery
 
 from celery_batching import batched
+from tests.servers import SENTINEL_MASTER
 
 BROKER = os.environ["CB_TEST_BROKER"]
 BACKEND = os.environ.get("CB_TEST_BACKEND") or BROKER.rsplit("/", 1)[0] + "/1"
+# Broker and backend behind Redis Sentinel (sentinel:// URLs) name the master the sentinels watch.
+SENTINEL_OPTIONS = {"master_name": SENTINEL_MASTER} if BROKER.startswith("sentinel://") else {}
 # Largest sample the 'work' task accepts, small so a test can exceed it cheaply.
 MAX_SAMPLE_BYTES = 1024
 # Batches bigger than this make the 'oom' model run out of (pretend) GPU memory.
@@ -38,7 +43,10 @@ app.conf.update(
     broker_transport_options={
         "visibility_timeout": float(os.environ.get("CB_VISIBILITY_TIMEOUT", "3600")),
         **({"global_keyprefix": os.environ["CB_KEYPREFIX"]} if os.environ.get("CB_KEYPREFIX") else {}),
+        **SENTINEL_OPTIONS,
     },
+    result_backend_transport_options=SENTINEL_OPTIONS,
+    batching_wait_replicas=int(os.environ.get("CB_WAIT_REPLICAS", "0")),
     accept_content=os.environ.get("CB_ACCEPT_CONTENT", "json").split(","),
     broker_connection_retry_on_startup=True,
     worker_send_task_events=True,  # the event dispatcher must survive faults too
