@@ -27,10 +27,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.lag_proxy import LagProxy
 from benchmarks.stats import percentile
 from tests.failover_tools import LoadedClients
 from tests.fault_tools import RESULT_PREFIX, Records, load_app
+from tests.lag_proxy import LagProxy
 from tests.servers import SentinelSet, Worker
 
 APP = "tests.apps.faulty"

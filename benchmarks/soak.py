@@ -13,7 +13,7 @@ With ``--failover-every``, broker and results live on a Sentinel set
 (tests.servers.SentinelSet) whose master is killed now and then; the killed one
 comes back as the promoted replica's replica. ``--prefix`` runs client and
 workers under kombu's ``global_keyprefix``; ``--write-latency`` puts the
-workers' result backend behind a proxy that delays every command (a slow
+workers' result backend behind a relay that delays every round trip (a slow
 result store, which must slow claiming rather than let claims outlive the
 visibility timeout).
 
@@ -26,7 +26,6 @@ when anything was lost or wrong. Not part of the test suite (minutes long).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import random
@@ -44,7 +43,7 @@ import redis
 
 from celery_batching import SendOutcomeUnknown, gather, submit_many
 from tests.fault_tools import Announcements, Broker, Records, load_app
-from tests.proxy import LatencyProxy
+from tests.lag_proxy import LagProxy
 from tests.servers import RedisServer, SentinelSet, Worker, wait_until
 
 APP = "tests.apps.faulty"
@@ -189,7 +188,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--prefix", default="", help="kombu's global_keyprefix for client and workers")
     parser.add_argument(
-        "--write-latency", type=float, default=0.0, help="seconds added to each command the workers send the backend"
+        "--write-latency",
+        type=float,
+        default=0.0,
+        help="seconds added to each round trip of the workers to the backend",
     )
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--keep-logs", action="store_true")
@@ -202,10 +204,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.write_latency and args.failover_every:
         parser.error("--write-latency proxies one redis-server; it does not follow a Sentinel failover")
     store = Store(args.failover_every > 0)
-    proxies = contextlib.ExitStack()
-    worker_backend = store.backend_url
-    if args.write_latency:
-        worker_backend = proxies.enter_context(LatencyProxy(store.current().port, args.write_latency)).url(1)
+    slow_store = LagProxy(store.current().port, args.write_latency / 2).start() if args.write_latency else None
+    worker_backend = slow_store.url(1) if slow_store else store.backend_url
     env = {
         "CB_RECORD_DIR": str(record_dir),
         "CB_VISIBILITY_TIMEOUT": VISIBILITY_TIMEOUT,
@@ -236,7 +236,8 @@ def main(argv: list[str] | None = None) -> int:
         report.update(settle(store.current(), samples, record_dir, announced, tally, args.prefix))
     finally:
         supervisor.stop()
-        proxies.close()
+        if slow_store:
+            slow_store.close()
         store.cleanup()
     report["faults"] = dict(supervisor.faults)
     report["promotion_seconds"] = store.promotions

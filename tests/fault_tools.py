@@ -16,7 +16,7 @@ import uuid
 from collections import Counter
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import Any, TypeVar
 
 import redis
 
@@ -145,7 +145,41 @@ def count_results(client: redis.Redis) -> int:
     return int(client.dbsize())
 
 
-class Conservation:
+W = TypeVar("W", bound="Watcher")
+
+
+class Watcher:
+    """A thread that looks at something over and over while a ``with`` block runs."""
+
+    #: Pause between two looks (seconds).
+    interval = 0.005
+
+    def __init__(self) -> None:
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self: W) -> W:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.close()
+
+    def look(self) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Release what the watcher holds, once its thread has stopped."""
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.look()
+            self._stop.wait(self.interval)
+
+
+class Conservation(Watcher):
     """Asserts, all along a test, that no message is ever outside Redis's bookkeeping.
 
     Every sent message must at every instant be queued, recorded as
@@ -156,68 +190,78 @@ class Conservation:
     """
 
     def __init__(self, broker: Broker, results: redis.Redis, total: int) -> None:
+        super().__init__()
         self.broker = broker
         self.results = results
         self.total = total
         self.snapshots = 0
         self.dips: list[tuple[int, int, int]] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._watch, daemon=True)
 
-    def __enter__(self) -> Conservation:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def _watch(self) -> None:
-        while not self._stop.is_set():
-            queued, unacked = self.broker.snapshot()
-            stored = count_results(self.results)
-            self.snapshots += 1
-            if queued + unacked + stored < self.total:
-                self.dips.append((queued, unacked, stored))
-            self._stop.wait(0.005)
+    def look(self) -> None:
+        queued, unacked = self.broker.snapshot()
+        stored = count_results(self.results)
+        self.snapshots += 1
+        if queued + unacked + stored < self.total:
+            self.dips.append((queued, unacked, stored))
 
 
-class Announcements:
+class PeakClaims(Watcher):
+    """The most messages ever claimed and not yet acknowledged, sampled all along."""
+
+    interval = 0.002
+
+    def __init__(self, broker: Broker) -> None:
+        super().__init__()
+        self.broker = broker
+        self.peak = 0
+
+    def look(self) -> None:
+        self.peak = max(self.peak, self.broker.snapshot()[1])
+
+
+class Listener(Watcher):
+    """Hears what Redis publishes on the channels matching ``pattern``."""
+
+    interval = 0.0  # get_message waits by itself
+
+    def __init__(self, client: redis.Redis, pattern: str) -> None:
+        super().__init__()
+        self._pubsub = client.pubsub(ignore_subscribe_messages=True)
+        self._pubsub.psubscribe(pattern)
+        self._pubsub.get_message(timeout=1)  # the subscription is in place before anything is sent
+
+    def look(self) -> None:
+        try:
+            message = self._pubsub.get_message(timeout=0.1)
+        except redis.ConnectionError:  # Redis restarting, or failing over: resubscribes on reconnect
+            self._stop.wait(0.1)
+            return
+        if message is not None and message["type"] == "pmessage":
+            self.message(message["channel"].decode(), message["data"])
+
+    def message(self, channel: str, data: bytes) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        self._pubsub.close()
+
+
+class Announcements(Listener):
     """Counts result announcements (Celery's pub/sub) per task id."""
 
     def __init__(self, client: redis.Redis) -> None:
+        super().__init__(client, RESULT_PREFIX + "*")
         self.counts: Counter = Counter()
-        self._pubsub = client.pubsub(ignore_subscribe_messages=True)
-        self._pubsub.psubscribe(RESULT_PREFIX + "*")
-        self._pubsub.get_message(timeout=1)  # the subscription is in place before anything is sent
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._listen, daemon=True)
 
-    def __enter__(self) -> Announcements:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-        self._pubsub.close()
-
-    def _listen(self) -> None:
-        while not self._stop.is_set():
-            try:
-                message = self._pubsub.get_message(timeout=0.1)
-            except redis.ConnectionError:  # Redis restarting, or failing over: resubscribes on reconnect
-                self._stop.wait(0.1)
-                continue
-            if message is not None and message["type"] == "pmessage":
-                self.heard(message["channel"].decode()[len(RESULT_PREFIX) :], message["data"])
+    def message(self, channel: str, data: bytes) -> None:
+        self.heard(channel[len(RESULT_PREFIX) :], data)
 
     def heard(self, task_id: str, payload: bytes) -> None:
         """One announcement of ``task_id``'s result (a subclass may look at the payload too)."""
         self.counts[task_id] += 1
 
 
-class TaskEventLog:
+class TaskEventLog(Listener):
     """Counts Celery task events (``task-succeeded``, ...) per task id, read off the broker's pub/sub.
 
     Celery's event exchange is a kombu fanout, which the Redis transport
@@ -226,31 +270,14 @@ class TaskEventLog:
     """
 
     def __init__(self, broker: redis.Redis) -> None:
+        super().__init__(broker, "*celeryev*")
         self.counts: Counter = Counter()
-        self._pubsub = broker.pubsub(ignore_subscribe_messages=True)
-        self._pubsub.psubscribe("*celeryev*")
-        self._pubsub.get_message(timeout=1)  # subscribed before anything is sent
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._listen, daemon=True)
-
-    def __enter__(self) -> TaskEventLog:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-        self._pubsub.close()
 
     def count(self, event_type: str, task_id: str) -> int:
         return self.counts[event_type, task_id]
 
-    def _listen(self) -> None:
-        while not self._stop.is_set():
-            message = self._pubsub.get_message(timeout=0.1)
-            if message is not None and message["type"] == "pmessage":
-                envelope = json.loads(message["data"])
-                event = json.loads(base64.b64decode(envelope["body"]))
-                for one in event if isinstance(event, list) else [event]:  # Celery may group events
-                    if "uuid" in one:
-                        self.counts[one["type"], one["uuid"]] += 1
+    def message(self, channel: str, data: bytes) -> None:
+        event = json.loads(base64.b64decode(json.loads(data)["body"]))
+        for one in event if isinstance(event, list) else [event]:  # Celery may group events
+            if "uuid" in one:
+                self.counts[one["type"], one["uuid"]] += 1

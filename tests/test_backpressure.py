@@ -3,26 +3,25 @@
 Batches whose results wait to be written are still claimed: if the fetcher
 ignored them, a worker with a slow result store would claim the whole queue
 (starving the other workers, and holding messages past the visibility
-timeout, so they run twice). Here the result backend sits behind a proxy
-that delays every write by a fixed latency, as a distant or overloaded Redis.
+timeout, so they run twice). Here the result backend sits behind a relay
+that delays each round trip by a fixed latency, as a distant or overloaded Redis.
 """
 
 from __future__ import annotations
 
 import importlib
-import threading
 
 import pytest
 
 from celery_batching import gather, submit_many
-from tests.fault_tools import Broker, Records
-from tests.proxy import LatencyProxy
+from tests.fault_tools import Broker, PeakClaims, Records
+from tests.lag_proxy import LagProxy
 from tests.servers import wait_until
 
 APP = "tests.apps.faulty"
 WORK = "faulty.work"
 BATCH = 8  # faulty.work's max_batch_size
-# Added to every command the worker sends the result backend: storing a batch takes at least this long.
+# Added to every round trip the worker makes to the result backend: storing a batch takes at least this long.
 WRITE_LATENCY = 0.2
 # One batch running plus one beyond it, whether waiting for the model or for the writer.
 MOST_HELD = 2 * BATCH
@@ -40,36 +39,14 @@ def broker(faulty, redis_server) -> Broker:
 
 @pytest.fixture
 def slow_backend(redis_server):
-    with LatencyProxy(redis_server.port, WRITE_LATENCY) as proxy:
-        yield proxy.url(1)
+    proxy = LagProxy(redis_server.port, WRITE_LATENCY / 2).start()  # half each way
+    yield proxy.url(1)
+    proxy.close()
 
 
 @pytest.fixture
 def records(tmp_path) -> Records:
     return Records(tmp_path / "records")
-
-
-class PeakClaims:
-    """The most messages ever claimed and not yet acknowledged, sampled all along."""
-
-    def __init__(self, broker: Broker) -> None:
-        self.broker = broker
-        self.peak = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._watch, daemon=True)
-
-    def __enter__(self) -> PeakClaims:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def _watch(self) -> None:
-        while not self._stop.is_set():
-            self.peak = max(self.peak, self.broker.snapshot()[1])
-            self._stop.wait(0.002)
 
 
 def env(records: Records, backend: str) -> dict[str, str]:
@@ -85,8 +62,8 @@ def test_slow_result_store_slows_claiming(faulty, start_worker, records, broker,
         start_worker(APP, env=env(records, slow_backend))
         assert gather(results, timeout=120) == [2 * x for x in range(total)]
     # Then it never held more than the running batch and one beyond it, counting those waiting to be stored
+        wait_until(lambda: broker.snapshot() == (0, 0), 10, "the last batch to be acknowledged")
     assert 0 < claims.peak <= MOST_HELD
-    assert broker.snapshot() == (0, 0)
 
 
 def test_second_worker_gets_its_share_and_nothing_runs_twice(faulty, start_worker, records, broker, slow_backend):

@@ -1,4 +1,4 @@
-"""A TCP relay that delays everything it carries: a replica's link to its master, made slow.
+"""A TCP relay that delays everything it carries: a replica's link to its master, or a result store, made slow.
 
 On loopback a replica is never more than a few microseconds behind, so a
 failover hardly ever drops a write. A real link (another zone, a busy
@@ -27,6 +27,9 @@ class LagProxy:
         self.lag = lag_seconds
         self._listener = socket.create_server(("127.0.0.1", 0))
         self.port = self._listener.getsockname()[1]
+
+    def url(self, db: int = 0) -> str:
+        return f"redis://127.0.0.1:{self.port}/{db}"
 
     def start(self) -> LagProxy:
         threading.Thread(target=self._accept, name="lag-proxy", daemon=True).start()
