@@ -61,7 +61,7 @@ def test_slow_result_store_slows_claiming(faulty, start_worker, records, broker,
         # When it serves them all
         start_worker(APP, env=env(records, slow_backend))
         assert gather(results, timeout=120) == [2 * x for x in range(total)]
-    # Then it never held more than the running batch and one beyond it, counting those waiting to be stored
+        # Then it never held more than the running batch and one beyond it, counting those waiting to be stored
         wait_until(lambda: broker.snapshot() == (0, 0), 10, "the last batch to be acknowledged")
     assert 0 < claims.peak <= MOST_HELD
 
