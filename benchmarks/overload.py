@@ -20,8 +20,6 @@ runs :func:`run` at a small scale.
 from __future__ import annotations
 
 import argparse
-import importlib
-import os
 import sys
 import tempfile
 import time
@@ -33,6 +31,7 @@ from celery.exceptions import TaskRevokedError
 
 from benchmarks.stats import percentile
 from celery_batching import QueueFull
+from tests.fault_tools import load_app
 from tests.servers import RedisServer, Worker
 
 APP = "tests.apps.overload"
@@ -132,8 +131,7 @@ def run(config: Config) -> Figures:
             "CB_SLOW_BATCH_SIZE": str(config.batch_size),
         }
         worker = Worker(APP, url, "-Q", QUEUE, env=env).start(120)
-        os.environ.setdefault("CB_TEST_BROKER", url)  # the module reads it on import; its app is not used here
-        app_module = importlib.import_module(APP)
+        app_module = load_app(APP, url)  # a copy of its own: the module's app is bound to this run's Redis
         _, task = app_module.declare(app_module.make_app(url, redis_server.url(1)))
         task.max_queue_depth = config.bound
         task.delay(0).get(timeout=30)  # warm: the worker serves, the client's connections exist

@@ -141,7 +141,9 @@ class Worker:
         self.name = name or f"w{free_port()}@localhost"
         self.log_path = Path(tempfile.mkstemp(prefix="cb-worker-", suffix=".log")[1])
         self.env = {
-            **os.environ,
+            # Not the test process's Django (tests.demo_site sets it up in-process): Celery's Django fixup
+            # would load the demo's tasks into every other app's worker. The demo's app sets its own.
+            **{key: value for key, value in os.environ.items() if key != "DJANGO_SETTINGS_MODULE"},
             "CB_TEST_BROKER": broker_url,
             "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
             "PYTHONUNBUFFERED": "1",
