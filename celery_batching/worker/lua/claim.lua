@@ -20,33 +20,77 @@
 -- then tag1, payload1, tag2, payload2, ...
 local wanted = tonumber(ARGV[1])
 local claimed = {''}
+-- The claim time in whole seconds, rounded up, as the unacked indexes' score: a
+-- small zset keeps integer scores compact, where a float score is parsed back
+-- from text at every comparison of an insert (most of a claim's cost). Rounded
+-- up, a restore can come up to a second later than kombu's timeout, never earlier.
+local claimed_at = tostring(math.ceil(tonumber(ARGV[2])))
+-- HSET and ZADD arguments, sent in a few variadic calls rather than three calls per message.
+local records, scores = {}, {}
 
--- Record one message as claimed, as kombu's own QoS.append would.
-local function track(tag, payload)
+-- The tail kombu's envelope ends with: its properties, delivery_tag last. Matched
+-- on the last few hundred bytes instead of decoding the whole message; a
+-- message shaped otherwise is decoded with cjson. The captures hold no quote,
+-- backslash or control character, so they are JSON strings as they stand.
+local TAIL_START = '"delivery_info": {"exchange": "'
+local TAIL = '^"delivery_info": {"exchange": "([^"\\%c]*)", "routing_key": "([^"\\%c]*)"}, '
+    .. '"priority": %d+, "body_encoding": "base64", "delivery_tag": "([^"\\%c]+)"}}$'
+local TAIL_BYTES = 400
+
+local function from_tail(payload)
+    local from = string.find(payload, TAIL_START, math.max(1, #payload - TAIL_BYTES), true)
+    if from then
+        return string.match(payload, TAIL, from)
+    end
+end
+
+local function decoded(payload)
     local ok, message = pcall(cjson.decode, payload)
-    local exchange, routing_key
+    local tag, exchange, routing_key
     if ok and type(message) == 'table' and type(message['properties']) == 'table' then
         local props = message['properties']
-        if tag == nil then tag = props['delivery_tag'] end
+        tag = props['delivery_tag']
         if type(props['delivery_info']) == 'table' then
             exchange = props['delivery_info']['exchange']
             routing_key = props['delivery_info']['routing_key']
         end
     end
+    if type(exchange) ~= 'string' then exchange = '' end
+    if type(routing_key) ~= 'string' then routing_key = KEYS[6] end
+    return ok, tag, cjson.encode(exchange), cjson.encode(routing_key)
+end
+
+-- Record one message as claimed, as kombu's own QoS.append would.
+local function track(tag, payload)
+    local exchange, routing_key, tail_tag = from_tail(payload)
+    local record
+    if exchange then
+        tag = tag or tail_tag
+        record = '[' .. payload .. ',"' .. exchange .. '","' .. routing_key .. '"]'
+    else
+        local ok, own_tag, exchange_json, routing_key_json = decoded(payload)
+        tag = tag or own_tag
+        -- The payload is embedded verbatim, never re-encoded (cjson would turn [] into {}).
+        record = '[' .. (ok and payload or cjson.encode(payload)) .. ',' .. exchange_json .. ',' .. routing_key_json .. ']'
+    end
     if type(tag) ~= 'string' then
         -- Not a kombu message: give it a tag so it can still be tracked and acked.
         tag = 'celery-batching:malformed:' .. redis.sha1hex(payload)
     end
-    if type(exchange) ~= 'string' then exchange = '' end
-    if type(routing_key) ~= 'string' then routing_key = KEYS[6] end
-    -- The payload is embedded verbatim, never re-encoded (cjson would turn [] into {}).
-    local record = '[' .. (ok and payload or cjson.encode(payload)) .. ','
-        .. cjson.encode(exchange) .. ',' .. cjson.encode(routing_key) .. ']'
-    redis.call('HSET', KEYS[1], tag, record)
-    redis.call('ZADD', KEYS[2], ARGV[2], tag)
-    redis.call('ZADD', KEYS[5], ARGV[2], tag)
+    records[#records + 1] = tag
+    records[#records + 1] = record
+    scores[#scores + 1] = claimed_at
+    scores[#scores + 1] = tag
     claimed[#claimed + 1] = tag
     claimed[#claimed + 1] = payload
+end
+
+-- In slices: unpack() of thousands of values overflows Lua's stack.
+local function variadic(command, key, args)
+    local slice = 1000
+    for first = 1, #args, slice do
+        redis.call(command, key, unpack(args, first, math.min(first + slice - 1, #args)))
+    end
 end
 
 if wanted > 0 then
@@ -71,6 +115,12 @@ for i = 6, #KEYS do
         end
         wanted = wanted - #payloads
     end
+end
+
+if #records > 0 then
+    variadic('HSET', KEYS[1], records)
+    variadic('ZADD', KEYS[2], scores)
+    variadic('ZADD', KEYS[5], scores)
 end
 
 local first = redis.call('ZRANGE', KEYS[3], 0, 0, 'WITHSCORES')

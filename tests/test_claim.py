@@ -1,0 +1,126 @@
+"""The claim script's bookkeeping, for every shape of message it may pop.
+
+A claim records each message in kombu's unacked hash exactly as kombu's own
+``QoS.append`` would (``[payload, exchange, routing_key]``), so kombu's restore
+brings it back unchanged. The script reads the delivery tag and routing from
+the tail of kombu's envelope; a message laid out otherwise is decoded whole.
+Both paths must leave the same record.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+
+import pytest
+from celery import Celery
+
+from celery_batching import batched
+from celery_batching.worker.claim import RedisQueue
+
+QUEUE = "claimed.q"
+
+
+@pytest.fixture(scope="module")
+def app(redis_server):
+    app = Celery("claim_test", broker=redis_server.url(0), backend=redis_server.url(1), set_as_current=False)
+    app.conf.broker_connection_retry_on_startup = True
+    batched(app, name="claim.echo", queue=QUEUE)(echo)
+    return app
+
+
+def echo(batch: list) -> list:
+    return batch
+
+
+@pytest.fixture
+def broker(redis_server, redis_url):
+    return redis_server.client(0)
+
+
+def envelope_with_properties_first(tag: str, routing_key: str) -> bytes:
+    """A valid kombu envelope whose keys come in another order: no tail to read."""
+    return json.dumps(
+        {
+            "properties": {
+                "delivery_tag": tag,
+                "delivery_info": {"exchange": "ex", "routing_key": routing_key},
+                "body_encoding": "base64",
+                "priority": 0,
+            },
+            "body": "",
+            "headers": {},
+        }
+    ).encode()
+
+
+def claim_all(broker, count: int) -> tuple[list, float]:
+    queue = RedisQueue(broker, QUEUE)
+    before = time.time()
+    claim = queue.claim(count, before)
+    return claim.messages, before
+
+
+def test_messages_sent_by_celery_and_by_the_fast_path_are_recorded_as_kombu_records_them(app, broker):
+    # Given one message through Celery's own producer and one through the fast path
+    app.conf.batching_fast_client = False
+    app.tasks["claim.echo"].delay(1)
+    app.conf.batching_fast_client = True
+    app.tasks["claim.echo"].delay(2)
+    raw = broker.lrange(QUEUE, 0, -1)
+
+    # When both are claimed
+    messages, now = claim_all(broker, 10)
+
+    # Then each is recorded under its own delivery tag, as [payload, exchange, routing key]
+    assert len(messages) == 2
+    for message in messages:
+        envelope = json.loads(message.payload)
+        assert message.tag == envelope["properties"]["delivery_tag"]
+        record = broker.hget("unacked", message.tag)
+        delivery = envelope["properties"]["delivery_info"]
+        assert json.loads(record) == [envelope, delivery["exchange"], delivery["routing_key"]]
+        assert record.startswith(b"[" + message.payload + b",")  # embedded verbatim
+    assert sorted(m.payload for m in messages) == sorted(raw)
+    # Scored by the claim time in whole seconds, never before it (a restore is never early)
+    for index in ("unacked_index", f"{QUEUE}\x06\x16claimed"):
+        scores = dict(broker.zrange(index, 0, -1, withscores=True))
+        assert set(scores) == {m.tag.encode() for m in messages}
+        assert all(score == math.ceil(now) for score in scores.values())
+
+
+@pytest.mark.parametrize("routing_key", ["plain", 'with "quotes"', "tab\there", "ünïcode"])
+def test_a_message_without_kombus_tail_is_decoded_whole(app, broker, routing_key):
+    # Given an envelope whose properties come first (some other producer's layout)
+    payload = envelope_with_properties_first("tag-1", routing_key)
+    broker.lpush(QUEUE, payload)
+
+    # When it is claimed
+    messages, _ = claim_all(broker, 10)
+
+    # Then it is recorded just the same
+    assert [m.tag for m in messages] == ["tag-1"]
+    assert json.loads(broker.hget("unacked", "tag-1")) == [json.loads(payload), "ex", routing_key]
+
+
+def test_a_tail_with_an_escaped_routing_key_falls_back_to_decoding(app, broker):
+    # Given kombu's own layout, but a routing key the tail pattern does not take (it holds a quote)
+    app.tasks["claim.echo"].delay(1)
+    sent = broker.rpop(QUEUE)
+    payload = sent.replace(f'"routing_key": "{QUEUE}"'.encode(), b'"routing_key": "odd\\"key"')
+    assert payload != sent
+    broker.lpush(QUEUE, payload)
+
+    # When it is claimed, the record still carries the routing key as kombu would
+    messages, _ = claim_all(broker, 10)
+    record = json.loads(broker.hget("unacked", messages[0].tag))
+    assert record[2] == 'odd"key'
+    assert record[0] == json.loads(payload)
+
+
+def test_a_payload_that_is_not_json_is_still_tracked(app, broker):
+    broker.lpush(QUEUE, b"not json at all")
+    messages, _ = claim_all(broker, 10)
+    assert len(messages) == 1 and messages[0].tag.startswith("celery-batching:malformed:")
+    assert json.loads(broker.hget("unacked", messages[0].tag)) == ["not json at all", "", QUEUE]
