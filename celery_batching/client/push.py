@@ -8,9 +8,13 @@ marker and pushes nothing, so retrying is safe: the publish retry policy of
 Celery (``task_publish_retry``, ``task_publish_retry_policy``) is followed here,
 never by resending through Celery's own path.
 
-The pushes of a process share a bounded set of connections (kombu's
-``max_connections``, 10 by default); a thread that finds them all busy waits for
-one instead of failing with redis-py's "Too many connections".
+The pushes of a process share a bounded set of connections of their own
+(kombu's ``max_connections``, 10 by default); a thread that finds them all busy
+waits for one instead of failing with redis-py's "Too many connections". A push
+is one ``EVALSHA`` written and read on such a connection directly: redis-py's
+pool checks a connection for stray data at every checkout (a poll and a read
+that finds nothing, about a third of a push's client CPU), which a connection
+used only here never has, since redis-py drops one whose read failed.
 
 With ``batching_wait_replicas``, the push's ``WAIT`` rides in the same round
 trip (:mod:`~celery_batching.client.replication`).
@@ -19,9 +23,10 @@ trip (:mod:`~celery_batching.client.replication`).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import math
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from importlib import resources
 from typing import Any
 
@@ -85,9 +90,14 @@ class Pusher:
         # prefixes only a script's first key; the keys are prefixed here instead.
         self.client = redis.Redis(connection_pool=channel.client.connection_pool)
         self._slots = threading.BoundedSemaphore(int(channel.max_connections or 10))
-        self._script = self.client.register_script(
-            resources.files(__package__).joinpath("lua").joinpath("push.lua").read_text()
-        )
+        # redis-py connections (untyped there), LIFO: the warmest first.
+        self._idle: list[Any] = []
+        self._idle_lock = threading.Lock()
+        pool = channel.client.connection_pool
+        self._new_connection: Callable[[], Any] = lambda: pool.connection_class(**pool.connection_kwargs)
+        self._source = resources.files(__package__).joinpath("lua").joinpath("push.lua").read_text()
+        self._sha = hashlib.sha1(self._source.encode()).hexdigest()
+        self._script = self.client.register_script(self._source)
         self._retry = bool(app.conf.task_publish_retry)
         self._policy: Mapping[str, Any] = app.conf.task_publish_retry_policy or {}
         self._marker_seconds = marker_seconds(self._retry, self._policy, channel.socket_timeout)
@@ -108,9 +118,9 @@ class Pusher:
 
         def attempt() -> list[int]:
             attempts[0] += 1
-            with self._connection_slot():
+            with self._connection_slot() as connection:
                 if self._wait is None:
-                    return [int(value) for value in self._script(keys=keys, args=args)]
+                    return [int(value) for value in self._evalsha(connection, keys, args)]
                 pipe = self.client.pipeline(transaction=False)
                 self._script(keys=keys, args=args, client=pipe)
                 self._wait.append_to(pipe)
@@ -137,15 +147,34 @@ class Pusher:
         with self._connection_slot():
             return sum(int(length) for length in pipe.execute())
 
+    def _evalsha(self, connection: Any, keys: list[str], args: list[Any]) -> Any:
+        """The push script on ``connection``; loaded first if Redis does not know it (a restart, a new master)."""
+        try:
+            connection.send_command("EVALSHA", self._sha, len(keys), *keys, *args)
+            return connection.read_response()
+        except redis.exceptions.NoScriptError:
+            connection.send_command("EVAL", self._source, len(keys), *keys, *args)
+            return connection.read_response()
+
     @contextlib.contextmanager
-    def _connection_slot(self) -> Iterator[None]:
-        """Hold one of the process's broker connections, waiting for one to be free."""
+    def _connection_slot(self) -> Iterator[Any]:
+        """Hold one of the process's push connections, waiting for one to be free."""
         if not self._slots.acquire(timeout=CONNECTION_WAIT_SECONDS):
             # Nothing was sent: the policy may retry.
             raise redis.ConnectionError(f"no free broker connection within {CONNECTION_WAIT_SECONDS}s")
+        with self._idle_lock:
+            connection = self._idle.pop() if self._idle else None
         try:
-            yield
+            connection = connection or self._new_connection()
+            yield connection
+        except BaseException:
+            if connection is not None:
+                connection.disconnect()  # whatever it was in the middle of is no reply to anything later
+            raise
         finally:
+            if connection is not None:
+                with self._idle_lock:
+                    self._idle.append(connection)
             self._slots.release()
 
 
