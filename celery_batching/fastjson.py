@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import enum
 import json
+import sys
 import uuid
 from typing import Any
 
@@ -28,6 +29,8 @@ from kombu.utils.json import dumps as kombu_dumps, loads as kombu_loads
 _NATIVE_ELSEWHERE = (uuid.UUID, enum.Enum, orjson.Fragment)
 # Subclasses of str/int/dict/list, datetimes and dataclasses go to ``default``, which refuses them.
 _OPTIONS = orjson.OPT_PASSTHROUGH_SUBCLASS | orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS
+# numpy dtype kinds orjson writes as the JSON of tolist(): integers and booleans (floats only as float64).
+_EXACT_ARRAY_KINDS = frozenset("iub")
 # In a JSON text, what would make kombu's object hook act ("__type__" envelopes, or an
 # escaped ASCII character that could spell one): such texts are decoded by kombu itself.
 _HOOK_MARKERS = (b"__type__", b"\\u00")
@@ -44,14 +47,23 @@ class _Refused(TypeError):
     """orjson met a value only kombu's encoder knows how to write."""
 
 
-def _refuse(value: Any) -> Any:
+def _default(value: Any) -> Any:
+    """What orjson does not write itself: a numpy array it writes as its ``tolist()`` is, from memory.
+
+    kombu's JSON refuses arrays; a result row is the one extension, written as
+    the JSON of ``row.tolist()`` (what an ordinary task returning it stores).
+    Everything else is refused, and falls back to kombu.
+    """
+    numpy = sys.modules.get("numpy")
+    if numpy is not None and type(value) is numpy.ndarray and _exact_array(numpy, value):
+        return orjson.Fragment(orjson.dumps(value, option=orjson.OPT_SERIALIZE_NUMPY))
     raise _Refused(type(value).__name__)
 
 
 def _plain(value: Any) -> bool:
     """Whether orjson writes ``value`` as kombu would, as far as types orjson takes natively.
 
-    Types orjson refuses need no check here: they reach :func:`_refuse` and
+    Types orjson refuses need no check here: they reach :func:`_default` and
     fall back. What is checked is what orjson would write *differently*:
     non-finite floats and the types in :data:`_NATIVE_ELSEWHERE`.
     """
@@ -71,7 +83,20 @@ def _plain(value: Any) -> bool:
         return all(_plain(item) for item in value.values()) and all(_plain(key) for key in value)
     if isinstance(value, float):
         return value - value == 0.0
-    return not isinstance(value, _NATIVE_ELSEWHERE)
+    return not isinstance(value, _NATIVE_ELSEWHERE)  # numpy arrays: _default decides
+
+
+def _exact_array(numpy: Any, value: Any) -> bool:
+    """Whether orjson writes this array as the JSON of its ``tolist()``: float64 (finite), integers, booleans.
+
+    Other float widths orjson writes in their own shortest form (``0.1`` for a
+    float32 that ``tolist()`` reads as ``0.10000000149011612``); they fall back.
+    """
+    if not value.flags.c_contiguous:
+        return False
+    if value.dtype.kind in _EXACT_ARRAY_KINDS:
+        return True
+    return value.dtype == numpy.float64 and bool(numpy.isfinite(value).all())
 
 
 def dumps(value: Any) -> bytes | str:
@@ -81,7 +106,7 @@ def dumps(value: Any) -> bytes | str:
     """
     try:
         if _plain(value):
-            return orjson.dumps(value, default=_refuse, option=_OPTIONS)
+            return orjson.dumps(value, default=_default, option=_OPTIONS)
     except (TypeError, RecursionError):  # _Refused, a big int, a non-str key, a lone surrogate, depth
         pass
     return kombu_dumps(value)

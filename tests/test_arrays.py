@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 import torch
 
+from celery_batching import fastjson
 from celery_batching.engine.batcher import predict_isolated
 from celery_batching.errors import BatchSizeMismatch
-from celery_batching.worker.arrays import as_rows
+from celery_batching.worker.arrays import as_rows, plain_value
 
 SHAPES = [(4,), (4, 3), (4, 2, 3)]
 NUMPY_TYPES = [np.float16, np.float32, np.float64, np.int32, np.int64, np.bool_]
@@ -21,33 +22,68 @@ def _numpy(shape, dtype):
     return (np.arange(np.prod(shape)).reshape(shape) * 0.37).astype(dtype)
 
 
+def stored(rows) -> list:
+    """What a result backend's JSON holds for each row: the fast codec's, and kombu's for the plain value."""
+    fast = [json.loads(fastjson.dumps(row)) for row in rows]
+    assert fast == [json.loads(json.dumps(plain_value(row))) for row in rows]
+    return fast
+
+
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("dtype", NUMPY_TYPES, ids=lambda t: t.__name__)
 def test_numpy_batches_split_along_the_first_axis(shape, dtype):
     batch = _numpy(shape, dtype)
     rows = as_rows(batch)
-    assert rows == [row.tolist() for row in batch]
-    assert json.loads(json.dumps(rows)) == rows
+    assert [plain_value(row) for row in rows] == [row.tolist() for row in batch]
+    assert stored(rows) == [row.tolist() for row in batch]
 
 
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("dtype", TORCH_TYPES, ids=str)
 def test_torch_batches_split_along_the_first_axis(shape, dtype):
     batch = torch.from_numpy(_numpy(shape, np.float64)).to(dtype)
-    assert as_rows(batch) == [row.tolist() for row in batch]
+    rows = as_rows(batch)
+    assert [plain_value(row) for row in rows] == [row.tolist() for row in batch]
+    assert stored(rows) == [row.tolist() for row in batch]
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+def test_rows_of_floats_are_written_as_their_tolist_whatever_the_values(dtype):
+    rng = np.random.default_rng(7)
+    decades = int(np.log10(np.finfo(dtype).max)) - 1  # every magnitude the type holds, subnormals included
+    batch = (rng.standard_normal((8, 384)) * 10.0 ** rng.integers(-decades - 5, decades, (8, 384))).astype(dtype)
+    rows = as_rows(batch)
+    assert all(isinstance(row, np.ndarray) and row.dtype == np.float64 for row in rows)  # the fast path
+    assert stored(rows) == [row.tolist() for row in batch]
+
+
+def test_non_finite_floats_are_written_as_kombu_writes_them():
+    batch = np.array([[np.nan, 1.0], [np.inf, -np.inf]], dtype=np.float32)
+    rows = as_rows(batch)
+    assert rows == batch.tolist() or all(isinstance(row, list) for row in rows)  # plain: no null for NaN
+    assert fastjson.dumps(rows[1]) == "[Infinity, -Infinity]"
+
+
+def test_the_fast_codec_takes_only_arrays_it_writes_as_their_tolist():
+    # float32 arrays and numpy scalars would come out in float32's shortest form: kombu's path decides
+    # (and refuses them, as for any ordinary task returning them)
+    for value in (np.array([0.1], dtype=np.float32), np.float32(0.1), np.arange(6.0)[::2]):
+        with pytest.raises(TypeError):
+            fastjson.dumps(value)
+    assert json.loads(fastjson.dumps(np.array([0.1], dtype=np.float32).astype(np.float64))) == [0.10000000149011612]
 
 
 def test_a_tensor_that_requires_grad_and_lists_of_rows():
     weights = torch.ones(3, 2, requires_grad=True)
-    assert as_rows(weights * 2) == [[2.0, 2.0]] * 3
+    assert stored(as_rows(weights * 2)) == [[2.0, 2.0]] * 3
     assert as_rows([np.float32(0.5), torch.tensor([1, 2]), "text"]) == [0.5, [1, 2], "text"]
     assert as_rows(("already", "plain")) == ("already", "plain")
 
 
 def test_float32_comes_back_exactly():
     value = np.float32(0.1)
-    (stored,) = json.loads(json.dumps(as_rows(np.array([value], dtype=np.float32))))
-    assert np.float32(stored) == value and stored == 0.10000000149011612
+    ((back,),) = stored(as_rows(np.array([[value]], dtype=np.float32)))
+    assert np.float32(back) == value and back == 0.10000000149011612
 
 
 def test_a_scalar_or_a_short_array_is_a_size_mismatch():

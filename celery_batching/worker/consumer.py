@@ -47,7 +47,7 @@ from ..engine.batcher import Batcher, BatchReport, Outcome, PredictFn, Request
 from ..engine.hooks import BatchHooks, call_hooks
 from ..engine.policy import FlushPolicy
 from ..protocol import Claimed, MessageDecoder, TaskMessage
-from .arrays import plain_outputs
+from .arrays import plain_outputs, plain_value
 from .claim import RedisQueue
 from .events import TaskEvents
 from .held import HeldTasks
@@ -443,6 +443,9 @@ class BatchedQueueConsumer:
         done.results = self._guard_late(done.messages, done.results)
         self._drop_finished_elsewhere(done)
         traced = {id(m): self._traced[id(m)] for m in done.messages if id(m) in self._traced} if self._traced else {}
+        for message, result in zip(done.messages, done.results):
+            if id(message) in traced:
+                result.value = plain_value(result.value)  # signals and callbacks see what an ordinary task returns
         settled = self.tracer.settle(done.messages, done.results, traced) if traced else Settled(done.results)
         stored = self._retry(lambda: self.writer.write(settled.results), "store results")
         acked = [m.claimed.tag for m in done.messages + done.duplicates]

@@ -25,6 +25,7 @@ from .. import fastjson
 from ..client.replication import replica_wait
 from ..errors import ResultNotSerializable
 from ..protocol import takes_batches
+from .arrays import plain_value
 
 
 @dataclass
@@ -78,8 +79,10 @@ class ResultWriter:
         if self._redis is not None:
             source = resources.files(__package__).joinpath("lua").joinpath("store_results.lua").read_text()
             self._store_results = self._redis.client.register_script(source)
-        # orjson for JSON records (same decoded value, a fraction of the time); else the backend's encoder.
-        self._encode_meta = fastjson.dumps if fastjson.serves_backend(self.backend) else self.backend.encode
+        # orjson for JSON records (same decoded value, a fraction of the time); else the backend's encoder,
+        # which is given numpy rows as the lists their tolist() gives.
+        self._fast_json = fastjson.serves_backend(self.backend)
+        self._encode_meta = fastjson.dumps if self._fast_json else self.backend.encode
         # With batching_wait_replicas: a batch counts as stored (and is acked) once replicas have it.
         self._wait = replica_wait(app) if self._redis is not None else None
         # JSON records can be joined into one array per reply channel; other serializers' cannot.
@@ -134,7 +137,7 @@ class ResultWriter:
             return failed, self._encode_meta(self._meta(failed, date_done))
 
     def _meta(self, result: TaskResult, date_done: str) -> dict[str, Any]:
-        value = result.value
+        value = result.value if self._fast_json else plain_value(result.value)
         traceback = None
         if isinstance(value, BaseException):
             traceback = format_traceback(value) if result.state in _TRACEBACK_STATES else None
@@ -194,6 +197,6 @@ class ResultWriter:
             return False
         traceback = format_traceback(result.value) if result.state in _TRACEBACK_STATES else None
         self.backend.store_result(
-            result.task_id, result.value, result.state, traceback=traceback, request=result.request
+            result.task_id, plain_value(result.value), result.state, traceback=traceback, request=result.request
         )
         return True
