@@ -8,6 +8,9 @@ handlers, counted as duplicates).
 
 from __future__ import annotations
 
+import json
+import time
+
 import pytest
 from celery import Celery, states
 
@@ -49,3 +52,76 @@ def test_store_once_result_replaces_a_state_that_is_not_final(app):
     # Then it is stored, not refused
     assert not stored.refused
     assert app.AsyncResult("started-1").get(timeout=5) == 5
+
+
+@pytest.fixture
+def redis_app(redis_server):
+    redis_server.client(1).flushdb()
+    app = Celery("writer_redis", broker=redis_server.url(0), backend=redis_server.url(1))
+    app.conf.result_backend_transport_options = {"global_keyprefix": "tenant:"}
+    yield app
+    app.close()
+
+
+def listen(app, *channels):
+    pubsub = app.backend.client.pubsub()
+    pubsub.subscribe(*channels)
+    confirmed = 0
+    while confirmed < len(channels):
+        message = pubsub.get_message(timeout=5)
+        assert message is not None, "Redis did not confirm the subscriptions"
+        confirmed += message["type"] == "subscribe"
+    return pubsub
+
+
+def heard(pubsub, count):
+    messages = []
+    while len(messages) < count:
+        message = pubsub.get_message(timeout=5)
+        assert message is not None, f"heard {len(messages)} of {count}"
+        messages.append((message["channel"].decode(), json.loads(message["data"])))
+    return messages
+
+
+def test_a_batch_reaches_each_reply_channel_and_celerys_own_key(redis_app):
+    # Given a batch whose tasks came from two processes reading arrays, one reading single replies, and none
+    batch_a, batch_b, single = "celery-batching-reply-b-a", "celery-batching-reply-b-b", "celery-batching-reply-s"
+    channels = [batch_a, single, batch_b, None, batch_a, single]
+    results = [TaskResult(f"t{i}", states.SUCCESS, i, reply_channel=c) for i, c in enumerate(channels)]
+    pubsub = listen(redis_app, batch_a, batch_b, single)
+    celery_key = redis_app.backend.get_key_for_task("t3")
+    own = listen(redis_app, celery_key.decode())
+
+    # When it is written
+    ResultWriter(redis_app, "t").write(results)
+
+    # Then every result is stored under Celery's key (the backend's key prefix included)
+    assert celery_key.startswith(b"tenant:")
+    assert [redis_app.AsyncResult(r.task_id).get(timeout=5) for r in results] == list(range(6))
+    # and each channel hears its own: one array per batch channel, one message per result on the other
+    by_channel = {}
+    for channel, data in heard(pubsub, 4):  # a batch channel's lone result comes as it is, not in an array
+        by_channel.setdefault(channel, []).append(data if isinstance(data, list) or channel == single else [data])
+    assert [[meta["result"] for meta in array] for array in by_channel[batch_a]] == [[0, 4]]
+    assert [[meta["result"] for meta in array] for array in by_channel[batch_b]] == [[2]]
+    assert [meta["result"] for meta in by_channel[single]] == [1, 5]
+    # and Celery's own listeners on the task's key hear it too
+    assert [data["result"] for _, data in heard(own, 1)] == [3]
+
+
+def test_results_past_the_batchs_late_after_are_stored_once(redis_app):
+    # Given a stored success, and a batch claimed so long ago that another worker may have run it
+    writer = ResultWriter(redis_app, "t")
+    writer.write([TaskResult("ran-1", states.SUCCESS, "first")])
+    late = time.time() - 1
+
+    # When the batch is written, then the result already there stands and the fresh one is stored
+    stored = writer.write(
+        [
+            TaskResult("ran-1", states.SUCCESS, "second", late_after=late),
+            TaskResult("new-1", states.SUCCESS, "fresh", late_after=late + 3600),
+        ]
+    )
+    assert [r.refused for r in stored] == [True, False]
+    assert redis_app.AsyncResult("ran-1").get(timeout=5) == "first"
+    assert redis_app.AsyncResult("new-1").get(timeout=5) == "fresh"

@@ -515,14 +515,10 @@ class BatchedQueueConsumer:
         link is back, however late).
         """
         now = time.time()
-        return [
-            replace(
-                result,
-                store_once=result.store_once or now > message.claimed_at + self._visibility_timeout,
-                late_after=message.claimed_at + self._visibility_timeout,
-            )
-            for message, result in zip(messages, results)
-        ]
+        for message, result in zip(messages, results):  # the writer's own records: set in place
+            result.late_after = message.claimed_at + self._visibility_timeout
+            result.store_once = result.store_once or now > result.late_after
+        return results
 
     def _retry(self, action: Callable[[], Any], what: str) -> Any:
         """Run ``action`` until Redis answers; during shutdown, only up to a deadline."""

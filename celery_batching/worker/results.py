@@ -20,6 +20,7 @@ from typing import Any
 
 from celery import Celery, states
 from celery.backends.redis import RedisBackend
+from kombu.utils.encoding import ensure_bytes
 
 from .. import fastjson
 from ..client.replication import replica_wait
@@ -79,6 +80,8 @@ class ResultWriter:
         if self._redis is not None:
             source = resources.files(__package__).joinpath("lua").joinpath("store_results.lua").read_text()
             self._store_results = self._redis.client.register_script(source)
+            # Every result key is this prefix and the task id: Celery's get_key_for_task, without its per-call work.
+            self._key_prefix: bytes = ensure_bytes(self._redis.get_key_for_task("-"))[:-1]
         # orjson for JSON records (same decoded value, a fraction of the time); else the backend's encoder,
         # which is given numpy rows as the lists their tolist() gives.
         self._fast_json = fastjson.serves_backend(self.backend)
@@ -168,14 +171,29 @@ class ResultWriter:
         """One script call for the batch; returns the ids of results refused (a final one was there)."""
         if not encoded:
             return set()
-        keys: list[str] = []
-        args: list[str | bytes | int] = [int(self.expires) if self.expires else 0]
+        keys: list[bytes] = []
+        payloads: list[str | bytes] = []
+        once = []
+        channel_numbers: list[str] = []
+        channels: dict[str, int] = {}
+        late_after = min((r.late_after for r, _ in encoded if r.late_after is not None), default=None)
         for result, payload in encoded:
-            keys.append(backend.get_key_for_task(result.task_id))
-            channel = result.reply_channel or ""
-            joined = bool(channel) and self._joinable and takes_batches(channel)
-            late_after = "" if result.late_after is None else repr(result.late_after)
-            args += [payload, "1" if result.store_once else "0", late_after, channel, "1" if joined else "0"]
+            keys.append(self._key_prefix + result.task_id.encode())
+            payloads.append(payload)
+            once.append("1" if result.store_once else "0")
+            channel = result.reply_channel
+            number = channels.setdefault(channel, len(channels) + 1) if channel else 0
+            channel_numbers.append(str(number))
+        joined = "".join("1" if self._joinable and takes_batches(channel) else "0" for channel in channels)
+        args: list[str | bytes | int] = [
+            int(self.expires) if self.expires else 0,
+            "" if late_after is None else repr(late_after),
+            "".join(once),
+            ",".join(channel_numbers),
+            joined,
+            *channels,
+            *payloads,
+        ]
         if self._wait is None:
             stored = self._store_results(keys=keys, args=args, client=backend.client)
         else:

@@ -11,16 +11,25 @@
 -- replaced; a record that is not JSON counts as final.
 --
 -- KEYS[i] the result key of result i (also the pub/sub channel Celery's clients listen on)
--- ARGV[1] time to live in seconds (0 = none); then five per result:
---   payload, once ('1' or '0'), late_after (epoch seconds, '' = never),
---   reply channel ('' = none), joined ('1': replies to that channel go out as one JSON array)
+-- ARGV[1] time to live in seconds (0 = none)
+-- ARGV[2] late_after (epoch seconds, '' = never): the batch's earliest; past it every result is once
+--         (a result taken for once that is not late stores just the same: no final one is there)
+-- ARGV[3] once flags, one character per result ('1' or '0')
+-- ARGV[4] each result's reply channel, as its number in the list below (0 = none), comma-separated
+-- ARGV[5] joined flags, one character per reply channel ('1': its replies go out as one JSON array)
+-- ARGV[6 .. 5+C] the reply channels; then the payloads, one per result
 -- Returns, per result, 1 when it was stored and 0 when it was refused.
+-- Per result only its key and payload travel: a batch's arguments cost the worker little to send.
 redis.replicate_commands()  -- TIME before writes (a no-op from Redis 5 on)
 local FINAL = {SUCCESS = true, FAILURE = true, REVOKED = true}
 local ttl = tonumber(ARGV[1])
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
-local joined, channels = {}, {}
+local late = ARGV[2] ~= '' and now > tonumber(ARGV[2])
+local once_flags, joined_flags = ARGV[3], ARGV[5]
+local channel_count = #joined_flags
+local first_payload = 6 + channel_count
+local joined = {}
 local stored = {}
 
 local function final_is_there(key)
@@ -32,10 +41,12 @@ local function final_is_there(key)
     return not ok or type(meta) ~= 'table' or FINAL[meta['status']] == true
 end
 
-for i, key in ipairs(KEYS) do
-    local at = 2 + (i - 1) * 5
-    local payload, once, late_after, channel = ARGV[at], ARGV[at + 1], ARGV[at + 2], ARGV[at + 3]
-    once = once == '1' or (late_after ~= '' and now > tonumber(late_after))
+local i = 0
+for channel_number in string.gmatch(ARGV[4], '%d+') do
+    i = i + 1
+    local key, payload = KEYS[i], ARGV[first_payload + i - 1]
+    local once = late or string.byte(once_flags, i) == 49  -- '1'
+    local c = tonumber(channel_number)
     stored[i] = 0
     if not (once and final_is_there(key)) then
         if ttl > 0 then
@@ -45,23 +56,21 @@ for i, key in ipairs(KEYS) do
         end
         redis.call('PUBLISH', key, payload)
         stored[i] = 1
-        if channel ~= '' and ARGV[at + 4] == '1' then
-            if joined[channel] == nil then
-                joined[channel] = {}
-                channels[#channels + 1] = channel
-            end
-            table.insert(joined[channel], payload)
-        elseif channel ~= '' then
-            redis.call('PUBLISH', channel, payload)
+        if c > 0 and string.byte(joined_flags, c) == 49 then
+            joined[c] = joined[c] or {}
+            table.insert(joined[c], payload)
+        elseif c > 0 then
+            redis.call('PUBLISH', ARGV[5 + c], payload)
         end
     end
 end
-for _, channel in ipairs(channels) do
-    local payloads = joined[channel]
-    if #payloads == 1 then
-        redis.call('PUBLISH', channel, payloads[1])
+for c = 1, channel_count do
+    local payloads = joined[c]
+    if payloads == nil then
+    elseif #payloads == 1 then
+        redis.call('PUBLISH', ARGV[5 + c], payloads[1])
     else
-        redis.call('PUBLISH', channel, '[' .. table.concat(payloads, ',') .. ']')
+        redis.call('PUBLISH', ARGV[5 + c], '[' .. table.concat(payloads, ',') .. ']')
     end
 end
 return stored
