@@ -34,13 +34,11 @@ _EXACT_ARRAY_KINDS = frozenset("iub")
 # In a JSON text, what would make kombu's object hook act ("__type__" envelopes, or an
 # escaped ASCII character that could spell one): such texts are decoded by kombu itself.
 _HOOK_MARKERS = (b"__type__", b"\\u00")
-# orjson reads an integer beyond 64 bits as a float, json as an int. Such an integer is a run
-# of 20 or more digits not after a digit or a point: the text is mapped (digits to "0", "." kept,
-# the rest to " ") and searched for " " + 20 "0"s, two C loops instead of a regex.
-_DIGITS = bytes(
-    ord("0") if chr(c).isdigit() and c < 128 else ord(".") if c == ord(".") else ord(" ") for c in range(256)
-)
-_BIG_INT = b" " + b"0" * 20
+# orjson reads an integer beyond 64 bits as a float, json as an int. Such an integer is a run of
+# at least 19 digits (-2**63 - 1 has 19). A text holding any run of 19 digits is left to json: the
+# text is mapped (digits to "0", the rest to " ") and searched, two C loops instead of a regex.
+_DIGITS = bytes(ord("0") if chr(c).isdigit() and c < 128 else ord(" ") for c in range(256))
+_BIG_INT = b"0" * 19
 
 
 class _Refused(TypeError):
@@ -114,7 +112,7 @@ def dumps(value: Any) -> bytes | str:
 
 def _orjson_reads_it(data: Any) -> bool:
     """Whether orjson decodes ``data`` to what json does: bytes (what Redis gives) without big ints."""
-    return type(data) is bytes and _BIG_INT not in (b" " + data).translate(_DIGITS)
+    return type(data) is bytes and _BIG_INT not in data.translate(_DIGITS)
 
 
 def loads(data: bytes | str) -> Any:

@@ -238,6 +238,9 @@ def _texts() -> list[Any]:
         b"NaN",
         b"[Infinity, -Infinity]",
         b"123456789012345678901234567890",
+        b"-9223372036854775809",  # 19 digits, yet below int64: orjson would read a float
+        b"[18446744073709551615, 18446744073709551616]",
+        b"0.12345678901234567890123",
         b"1e400",
         b'{"a": 1, "a": 2}',
         b'{"__type__": "bytes", "__value__": "x"}',
