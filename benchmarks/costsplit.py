@@ -2,13 +2,14 @@
 
 The end-to-end benchmark gives CPU per process; this splits it by stage, in one
 process against a private redis-server, using the library's own pieces on the
-path a batched task takes: client send (``delay``: envelope and LPUSH), worker
-decode of the claimed payloads, result encode, result write (the batch's
-pipeline), client receive (the reply listener's decode), and redis-server's own
-CPU over the whole. Each stage is timed alone, so nothing here touches the hot
-path of a real worker. Run for noop (echo) and gpufast (384 floats per sample),
-before (kombu's JSON, one reply message per task) and after (orjson, one reply
-message per batch), side by side.
+path a batched task takes: client send (``delay``: envelope and push), worker
+claim (the claim script and the acknowledgement), worker decode of the claimed
+payloads, result encode, result write (the batch's script call), client receive
+(the reply listener's decode), and redis-server's own CPU over the whole.
+Each stage is timed alone, so nothing here touches the hot path of a real
+worker. Run for noop (echo) and gpufast (384 floats per sample), before
+(kombu's JSON, one reply message per task) and after (orjson, one reply message
+per batch), side by side.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 # Stages reported, in the order a sample meets them.
-STAGES = ("client send", "worker decode", "result encode", "result write", "client receive", "redis")
+STAGES = ("client send", "worker claim", "worker decode", "result encode", "result write", "client receive", "redis")
 BATCH = 64
 
 
@@ -41,15 +42,16 @@ def _measure(url: str, model: str, fast: bool, batches: int) -> dict[str, float]
     from celery import Celery
 
     from celery_batching import batched, fastjson
-    from celery_batching.protocol import BATCH_CHANNEL_PREFIX, CHANNEL_PREFIX, Claimed, MessageDecoder
+    from celery_batching.protocol import BATCH_CHANNEL_PREFIX, CHANNEL_PREFIX, MessageDecoder
     from celery_batching.worker.arrays import as_rows
+    from celery_batching.worker.claim import RedisQueue
     from celery_batching.worker.results import ResultWriter, TaskResult
 
     app = Celery(f"costsplit_{model}_{fast}", broker=f"{url}/0", backend=f"{url}/1")
     app.conf.batching_fast_json = fast
     app.conf.batching_batch_replies = fast
     task = batched(app, max_batch_size=BATCH, name=f"costsplit.{model}.{fast}")(_echo)
-    broker = app.connection_for_write().default_channel.client
+    queue = RedisQueue(app.connection_for_write().default_channel.client, task.batch_queue)
     results = app.backend.client
     decoder = MessageDecoder(task.name, task.batch_queue, {"application/json"}, None, fast_json=fast)
     writer = ResultWriter(app, task.name)
@@ -65,10 +67,12 @@ def _measure(url: str, model: str, fast: bool, batches: int) -> dict[str, float]
         start = time.process_time()
         handles = [task.delay(s) for s in samples]
         spent["client send"] += time.process_time() - start
-        payloads = broker.lrange(task.batch_queue, 0, -1)
-        broker.delete(task.batch_queue)
         start = time.process_time()
-        messages = [decoder.decode(Claimed(str(i), p)) for i, p in enumerate(payloads)]
+        claimed = queue.claim(BATCH).messages
+        queue.ack([item.tag for item in claimed])
+        spent["worker claim"] += time.process_time() - start
+        start = time.process_time()
+        messages = [decoder.decode(item) for item in claimed]
         spent["worker decode"] += time.process_time() - start
         outputs = samples if model == "noop" else numpy.repeat(numpy.asarray(samples, "float32")[:, None], 384, 1)
         start = time.process_time()

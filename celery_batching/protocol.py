@@ -26,6 +26,7 @@ import binascii
 import bz2
 import json
 import lzma
+import os
 import sys
 import time
 import zlib
@@ -35,6 +36,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from celery import Task
+from celery.utils.nodenames import anon_nodename
 from celery.utils.time import maybe_iso8601
 from kombu import compression as kombu_compression
 from kombu.exceptions import ContentDisallowed
@@ -69,6 +71,20 @@ SERVING_COMMAND = "batched_queues"
 _QUOTE_BYTES = 80
 # The canvas fields of a protocol 2 body's embed that the worker acts on.
 _EMBED_FIELDS = ("callbacks", "errbacks", "chain", "chord")
+
+
+# saferepr({}): a batched call's kwargsrepr header, as Celery writes it.
+NO_KWARGS_REPR = "{}"
+_origins: dict[int, str] = {}
+
+
+def _origin() -> str:
+    """Celery's ``origin`` header for a client process (``gen<pid>@<host>``), once per process."""
+    pid = os.getpid()
+    origin = _origins.get(pid)
+    if origin is None:
+        origin = _origins[pid] = anon_nodename()
+    return origin
 
 
 def takes_batches(channel: str) -> bool:
@@ -110,6 +126,9 @@ def envelope(
         root_id=task_id,
         ignore_result=ignore_result,
         create_sent_event=on_sent_event is not None,
+        # What Celery would compute for these on every call, computed once (a call has no kwargs).
+        kwargsrepr=NO_KWARGS_REPR,
+        origin=_origin(),
     )
     if on_sent_event is not None and message.sent_event is not None:
         on_sent_event({**message.sent_event, "queue": queue, "exchange": "", "routing_key": queue})
