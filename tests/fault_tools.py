@@ -272,6 +272,8 @@ class TaskEventLog(Listener):
     def __init__(self, broker: redis.Redis) -> None:
         super().__init__(broker, "*celeryev*")
         self.counts: Counter = Counter()
+        #: The ``result`` field of each task's ``task-succeeded`` event (a repr, as monitors show it).
+        self.results: dict[str, str] = {}
 
     def count(self, event_type: str, task_id: str) -> int:
         return self.counts[event_type, task_id]
@@ -281,3 +283,5 @@ class TaskEventLog(Listener):
         for one in event if isinstance(event, list) else [event]:  # Celery may group events
             if "uuid" in one:
                 self.counts[one["type"], one["uuid"]] += 1
+                if one["type"] == "task-succeeded":
+                    self.results[one["uuid"]] = one.get("result")

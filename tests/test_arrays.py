@@ -112,3 +112,40 @@ def test_a_worker_stores_array_rows_as_an_ordinary_task_stores_tolist(arrays, st
     assert gather(batched_numpy, timeout=30) == [r.get(timeout=30) for r in ordinary_numpy]
     assert gather(batched_torch, timeout=30) == [r.get(timeout=30) for r in ordinary_torch]
     assert gather(rows, timeout=30) == [[], [0, 1], [0, 1, 2]]
+
+
+def test_monitors_see_array_rows_as_an_ordinary_task_shows_its_list(arrays, start_worker, redis_server):
+    from celery_batching import gather, submit_many
+    from tests.fault_tools import TaskEventLog
+    from tests.servers import wait_until
+
+    # Given a worker sending task events, and a batched task returning a numpy array beside its ordinary twin
+    start_worker("tests.apps.arrays", "-E")
+    with TaskEventLog(redis_server.client(0)) as events:
+        batched_result = submit_many(arrays.b_numpy, [2.5])[0]
+        ordinary = arrays.o_numpy.delay(2.5)
+        assert gather([batched_result], timeout=30) == [ordinary.get(timeout=30)]
+        # Then the task-succeeded events show the same result
+        wait_until(lambda: {batched_result.id, ordinary.id} <= events.results.keys(), 10, "both task-succeeded events")
+    assert events.results[batched_result.id] == events.results[ordinary.id]
+
+
+def test_a_callback_gets_array_rows_as_an_ordinary_tasks_list(arrays, start_worker):
+    from celery.result import AsyncResult
+
+    from tests.servers import wait_until
+
+    # Given a batched task returning a numpy array and its ordinary twin, each linked to a callback
+    start_worker("tests.apps.arrays")
+    batched_result = arrays.b_numpy.apply_async((2.5,), link=arrays.o_echo.s())
+    ordinary = arrays.o_numpy.apply_async((2.5,), link=arrays.o_echo.s())
+    assert batched_result.get(timeout=30) == ordinary.get(timeout=30)
+
+    # Then each callback runs with the parent's result, the same list
+    def callback_result(parent):
+        parent = AsyncResult(parent.id, app=arrays.app)
+        children = parent.children or []
+        return children[0].get(timeout=30) if children else None
+
+    wait_until(lambda: callback_result(batched_result) is not None, 30, "the batched task's callback")
+    assert callback_result(batched_result) == callback_result(ordinary) == [0.25, 2.5, 7.5]

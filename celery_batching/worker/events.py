@@ -14,6 +14,7 @@ from typing import Any
 from celery import Celery, states
 from celery.utils.saferepr import saferepr
 
+from .arrays import plain_value
 from .results import TaskResult, format_traceback
 
 # Flush only when we say so: one publish per batch.
@@ -71,7 +72,7 @@ class TaskEvents:
                     "task-succeeded",
                     timestamp=finished,
                     uuid=result.task_id,
-                    result=saferepr(result.value),
+                    result=saferepr(plain_value(result.value)),  # a numpy row as its list, as Celery shows it
                     runtime=runtime,
                 )
             else:

@@ -41,3 +41,9 @@ def o_numpy(x: float) -> list[float]:
 @app.task(name="o_torch")
 def o_torch(x: float) -> list[float]:
     return torch.from_numpy(_features([x])).to(torch.float16)[0].tolist()
+
+
+@app.task(name="o_echo")
+def o_echo(value: object) -> object:
+    """A callback: gets its parent's result as its argument."""
+    return value

@@ -15,7 +15,8 @@
 --           so its claimed count is one ZCARD (kombu's index is shared by all queues)
 -- KEYS[6..] the queue's lists, highest priority first
 -- ARGV[1]   how many to claim at most
--- ARGV[2]   now (seconds since the epoch), the score kombu compares with
+-- ARGV[2]   now (seconds since the epoch): due ETAs are those at or before it, and
+--           the claim indexes score it rounded up to whole seconds (see below)
 -- Returns a flat array: the earliest ETA still scheduled ('' if none),
 -- then tag1, payload1, tag2, payload2, ...
 local wanted = tonumber(ARGV[1])
