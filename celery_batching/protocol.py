@@ -126,6 +126,7 @@ def envelope(
         root_id=task_id,
         ignore_result=ignore_result,
         create_sent_event=on_sent_event is not None,
+        reply_to=task.app.thread_oid,  # as Celery's apply_async sends it: the calling thread's oid
         # What Celery would compute for these on every call, computed once (a call has no kwargs).
         kwargsrepr=NO_KWARGS_REPR,
         origin=_origin(),

@@ -124,3 +124,23 @@ def test_a_payload_that_is_not_json_is_still_tracked(app, broker):
     messages, _ = claim_all(broker, 10)
     assert len(messages) == 1 and messages[0].tag.startswith("celery-batching:malformed:")
     assert json.loads(broker.hget("unacked", messages[0].tag)) == ["not json at all", "", QUEUE]
+
+
+def test_the_fast_path_sends_the_message_celerys_own_path_sends(app, broker):
+    # Given the same call through Celery's producer and through the fast path
+    task = app.tasks["claim.echo"]
+    app.conf.batching_fast_client = False
+    task.delay({"text": "héllo", "n": [1, 2.5]})
+    app.conf.batching_fast_client = True
+    task.delay({"text": "héllo", "n": [1, 2.5]})
+    celerys, fast = (json.loads(raw) for raw in reversed(broker.lrange(QUEUE, 0, -1)))
+
+    # Then both carry the same headers, properties and body, but for the ids and the fast path's own headers
+    for message in (celerys, fast):
+        task_id = message["headers"]["id"]
+        assert message["headers"].pop("root_id") == message["properties"].pop("correlation_id") == task_id
+        del message["headers"]["id"], message["properties"]["delivery_tag"]
+    assert set(fast["headers"]) - set(celerys["headers"]) == {"batching_sent_at", "batching_reply_to"}
+    for extra in ("batching_sent_at", "batching_reply_to"):
+        del fast["headers"][extra]
+    assert fast == celerys

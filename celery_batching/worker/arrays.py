@@ -9,9 +9,10 @@ first axis by the engine.
 A batch of vectors (two or more dimensions) of floats, integers or booleans
 stays a numpy array (one device-to-host copy for a GPU tensor), widened to
 float64, which is what ``tolist()`` gives: its rows are written to JSON by
-orjson straight from memory (:mod:`celery_batching.fastjson`), about a tenth of
-the cost of making every element a Python float and writing those. Anything
-else (one value per sample, non-finite floats, bfloat16, complex) is made plain
+orjson straight from memory (:mod:`celery_batching.fastjson`), with no Python
+float made per element (a 384-float row: about 24 µs instead of 34 here;
+writing each float's shortest text, ~40 ns, is what remains). Anything else
+(one value per sample, non-finite floats, bfloat16, complex) is made plain
 with one ``tolist()`` call for the batch.
 
 Precision: ``tolist()`` turns float16/float32 elements into Python floats that
