@@ -115,13 +115,20 @@ def test_results_past_the_batchs_late_after_are_stored_once(redis_app):
     writer.write([TaskResult("ran-1", states.SUCCESS, "first")])
     late = time.time() - 1
 
+    channel = "celery-batching-reply-b-late"
+    pubsub = listen(redis_app, channel)
+
     # When the batch is written, then the result already there stands and the fresh one is stored
     stored = writer.write(
         [
-            TaskResult("ran-1", states.SUCCESS, "second", late_after=late),
-            TaskResult("new-1", states.SUCCESS, "fresh", late_after=late + 3600),
+            TaskResult("ran-1", states.SUCCESS, "second", late_after=late, reply_channel=channel),
+            TaskResult("new-1", states.SUCCESS, "fresh", late_after=late + 3600, reply_channel=channel),
+            TaskResult("new-2", states.SUCCESS, "fresh too", late_after=late + 3600, reply_channel=channel),
         ]
     )
-    assert [r.refused for r in stored] == [True, False]
+    assert [r.refused for r in stored] == [True, False, False]
     assert redis_app.AsyncResult("ran-1").get(timeout=5) == "first"
     assert redis_app.AsyncResult("new-1").get(timeout=5) == "fresh"
+    # and the sender's channel hears the stored results only, still as one array
+    [(_, replies)] = heard(pubsub, 1)
+    assert [meta["result"] for meta in replies] == ["fresh", "fresh too"]

@@ -29,9 +29,9 @@ from ..protocol import takes_batches
 from .arrays import plain_value
 
 
-@dataclass
+@dataclass(slots=True)
 class TaskResult:
-    """The final outcome of one task, before encoding."""
+    """The final outcome of one task, before encoding (one per task in the hot path: slotted)."""
 
     task_id: str
     state: str
@@ -184,14 +184,15 @@ class ResultWriter:
             channel = result.reply_channel
             number = channels.setdefault(channel, len(channels) + 1) if channel else 0
             channel_numbers.append(str(number))
-        joined = "".join("1" if self._joinable and takes_batches(channel) else "0" for channel in channels)
+        joinable = [self._joinable and takes_batches(channel) for channel in channels]
         args: list[str | bytes | int] = [
             int(self.expires) if self.expires else 0,
             "" if late_after is None else repr(late_after),
             "".join(once),
             ",".join(channel_numbers),
-            joined,
+            "".join("1" if joins else "0" for joins in joinable),
             *channels,
+            *_joined_replies(encoded, list(channels), joinable),
             *payloads,
         ]
         if self._wait is None:
@@ -218,3 +219,27 @@ class ResultWriter:
             result.task_id, plain_value(result.value), result.state, traceback=traceback, request=result.request
         )
         return True
+
+
+def _joined_replies(
+    encoded: list[tuple[TaskResult, str | bytes]], channels: list[str], joinable: list[bool]
+) -> list[bytes]:
+    """Each channel's replies as the one message its listener reads: a JSON array (one reply: itself).
+
+    ``b''`` for a channel whose listener reads one reply per message.
+    """
+    replies: dict[str, list[bytes]] = {channel: [] for channel, joins in zip(channels, joinable) if joins}
+    for result, payload in encoded:
+        bucket = replies.get(result.reply_channel or "")
+        if bucket is not None:
+            bucket.append(payload if isinstance(payload, bytes) else payload.encode())
+    joined = []
+    for channel in channels:
+        bucket = replies.get(channel)
+        if not bucket:
+            joined.append(b"")
+        elif len(bucket) == 1:
+            joined.append(bucket[0])
+        else:
+            joined.append(b"[" + b",".join(bucket) + b"]")
+    return joined

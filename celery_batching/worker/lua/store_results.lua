@@ -17,9 +17,13 @@
 -- ARGV[3] once flags, one character per result ('1' or '0')
 -- ARGV[4] each result's reply channel, as its number in the list below (0 = none), comma-separated
 -- ARGV[5] joined flags, one character per reply channel ('1': its replies go out as one JSON array)
--- ARGV[6 .. 5+C] the reply channels; then the payloads, one per result
+-- ARGV[6 .. 5+C] the reply channels; then, per channel, its replies already joined by the worker
+--         ('' for one that is not joined); then the payloads, one per result
 -- Returns, per result, 1 when it was stored and 0 when it was refused.
 -- Per result only its key and payload travel: a batch's arguments cost the worker little to send.
+-- A channel's replies come joined (joining is cheap in the worker, and a Lua concatenation of a
+-- batch of vectors costs Redis more than storing them); they are joined here only in the rare
+-- batch where a result of that channel was refused.
 redis.replicate_commands()  -- TIME before writes (a no-op from Redis 5 on)
 local FINAL = {SUCCESS = true, FAILURE = true, REVOKED = true}
 local ttl = tonumber(ARGV[1])
@@ -28,8 +32,9 @@ local now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
 local late = ARGV[2] ~= '' and now > tonumber(ARGV[2])
 local once_flags, joined_flags = ARGV[3], ARGV[5]
 local channel_count = #joined_flags
-local first_payload = 6 + channel_count
-local joined = {}
+local first_joined = 6 + channel_count
+local first_payload = first_joined + channel_count
+local joined, refused = {}, {}
 local stored = {}
 
 local function final_is_there(key)
@@ -48,7 +53,11 @@ for channel_number in string.gmatch(ARGV[4], '%d+') do
     local once = late or string.byte(once_flags, i) == 49  -- '1'
     local c = tonumber(channel_number)
     stored[i] = 0
-    if not (once and final_is_there(key)) then
+    if once and final_is_there(key) then
+        if c > 0 then
+            refused[c] = true
+        end
+    else
         if ttl > 0 then
             redis.call('SET', key, payload, 'EX', ttl)
         else
@@ -67,6 +76,8 @@ end
 for c = 1, channel_count do
     local payloads = joined[c]
     if payloads == nil then
+    elseif not refused[c] then
+        redis.call('PUBLISH', ARGV[5 + c], ARGV[first_joined + c - 1])
     elseif #payloads == 1 then
         redis.call('PUBLISH', ARGV[5 + c], payloads[1])
     else
