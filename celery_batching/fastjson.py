@@ -52,8 +52,7 @@ def _default(value: Any) -> Any:
     the JSON of ``row.tolist()`` (what an ordinary task returning it stores).
     Everything else is refused, and falls back to kombu.
     """
-    numpy = sys.modules.get("numpy")
-    if numpy is not None and type(value) is numpy.ndarray and _exact_array(numpy, value):
+    if writes_as_tolist(value):
         return orjson.Fragment(orjson.dumps(value, option=orjson.OPT_SERIALIZE_NUMPY))
     raise _Refused(type(value).__name__)
 
@@ -84,13 +83,15 @@ def _plain(value: Any) -> bool:
     return not isinstance(value, _NATIVE_ELSEWHERE)  # numpy arrays: _default decides
 
 
-def _exact_array(numpy: Any, value: Any) -> bool:
-    """Whether orjson writes this array as the JSON of its ``tolist()``: float64 (finite), integers, booleans.
+def writes_as_tolist(value: Any) -> bool:
+    """Whether ``value`` is a numpy array orjson writes as the JSON of its ``tolist()``.
 
-    Other float widths orjson writes in their own shortest form (``0.1`` for a
-    float32 that ``tolist()`` reads as ``0.10000000149011612``); they fall back.
+    C-contiguous arrays of float64 (finite), integers or booleans. Other float
+    widths orjson writes in their own shortest form (``0.1`` for a float32 that
+    ``tolist()`` reads as ``0.10000000149011612``); they fall back.
     """
-    if not value.flags.c_contiguous:
+    numpy = sys.modules.get("numpy")
+    if numpy is None or type(value) is not numpy.ndarray or not value.flags.c_contiguous:
         return False
     if value.dtype.kind in _EXACT_ARRAY_KINDS:
         return True

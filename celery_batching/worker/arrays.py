@@ -32,9 +32,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-# numpy dtype kinds whose rows orjson writes as the JSON of ``row.tolist()``
-# (floats once widened to float64): signed and unsigned integers, booleans, floats.
-_ROW_KINDS = frozenset("iubf")
+from .. import fastjson
 
 
 def _is_array(value: Any) -> bool:
@@ -56,13 +54,11 @@ def _numpy_rows(value: Any) -> list[Any] | None:
         array = value if isinstance(value, numpy.ndarray) else value.detach().cpu().numpy()
     except (AttributeError, TypeError, RuntimeError):  # not torch, or a dtype numpy lacks (bfloat16)
         return None
-    if array.dtype.kind not in _ROW_KINDS:
-        return None
     if array.dtype.kind == "f":
-        if not numpy.isfinite(array).all():
-            return None  # kombu's JSON writes NaN and infinity; orjson would write null
-        array = array.astype(numpy.float64)
-    return list(numpy.ascontiguousarray(array))
+        array = array.astype(numpy.float64)  # what tolist() makes of any float width
+    array = numpy.ascontiguousarray(array)
+    # Refused: non-finite floats (kombu's JSON writes NaN, orjson null), complex, strings, objects.
+    return list(array) if fastjson.writes_as_tolist(array) else None
 
 
 def plain_value(value: Any) -> Any:
