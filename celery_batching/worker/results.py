@@ -175,24 +175,28 @@ class ResultWriter:
         payloads: list[str | bytes] = []
         once = []
         channel_numbers: list[str] = []
-        channels: dict[str, int] = {}
+        numbers: dict[str, int] = {}  # reply channel -> its number in the script's list (from 1)
+        replies: dict[str, list[str | bytes]] = {}  # reply channel -> its payloads, in order
         late_after = min((r.late_after for r, _ in encoded if r.late_after is not None), default=None)
         for result, payload in encoded:
             keys.append(self._key_prefix + result.task_id.encode())
             payloads.append(payload)
             once.append("1" if result.store_once else "0")
             channel = result.reply_channel
-            number = channels.setdefault(channel, len(channels) + 1) if channel else 0
-            channel_numbers.append(str(number))
-        joinable = [self._joinable and takes_batches(channel) for channel in channels]
+            if channel:
+                channel_numbers.append(str(numbers.setdefault(channel, len(numbers) + 1)))
+                replies.setdefault(channel, []).append(payload)
+            else:
+                channel_numbers.append("0")
+        joinable = [self._joinable and takes_batches(channel) for channel in numbers]
         args: list[str | bytes | int] = [
             int(self.expires) if self.expires else 0,
             "" if late_after is None else repr(late_after),
             "".join(once),
             ",".join(channel_numbers),
             "".join("1" if joins else "0" for joins in joinable),
-            *channels,
-            *_joined_replies(encoded, list(channels), joinable),
+            *numbers,
+            *(_joined(replies[channel]) if joins else b"" for channel, joins in zip(numbers, joinable)),
             *payloads,
         ]
         if self._wait is None:
@@ -221,25 +225,7 @@ class ResultWriter:
         return True
 
 
-def _joined_replies(
-    encoded: list[tuple[TaskResult, str | bytes]], channels: list[str], joinable: list[bool]
-) -> list[bytes]:
-    """Each channel's replies as the one message its listener reads: a JSON array (one reply: itself).
-
-    ``b''`` for a channel whose listener reads one reply per message.
-    """
-    replies: dict[str, list[bytes]] = {channel: [] for channel, joins in zip(channels, joinable) if joins}
-    for result, payload in encoded:
-        bucket = replies.get(result.reply_channel or "")
-        if bucket is not None:
-            bucket.append(payload if isinstance(payload, bytes) else payload.encode())
-    joined = []
-    for channel in channels:
-        bucket = replies.get(channel)
-        if not bucket:
-            joined.append(b"")
-        elif len(bucket) == 1:
-            joined.append(bucket[0])
-        else:
-            joined.append(b"[" + b",".join(bucket) + b"]")
-    return joined
+def _joined(payloads: list[str | bytes]) -> bytes:
+    """A channel's replies as the one message its listener reads: a JSON array (one reply: itself)."""
+    encoded = [payload if isinstance(payload, bytes) else payload.encode() for payload in payloads]
+    return encoded[0] if len(encoded) == 1 else b"[" + b",".join(encoded) + b"]"
