@@ -22,8 +22,8 @@ from celery.exceptions import TaskRevokedError, TimeoutError as CeleryTimeoutErr
 from celery.result import AsyncResult
 
 from celery_batching import gather, submit_many
-from celery_batching.client.publish import FAST_CLIENT_SETTING
 from celery_batching.client.replies import BatchedResult, reply_hub
+from celery_batching.client.send_settings import FAST_CLIENT_SETTING
 from celery_batching.protocol import envelope
 from tests.servers import wait_until
 

@@ -24,8 +24,9 @@ from celery.result import AsyncResult
 from kombu import compression as kombu_compression
 
 from celery_batching import CompressionError, DecompressedSampleTooLarge, batched
-from celery_batching.client.publish import FAST_CLIENT_SETTING, can_send_fast
+from celery_batching.client.publish import can_send_fast
 from celery_batching.client.replies import BatchedResult
+from celery_batching.client.send_settings import FAST_CLIENT_SETTING
 from celery_batching.protocol import decompress_body, envelope
 from tests.fault_tools import load_app
 

@@ -29,13 +29,12 @@ from ..protocol import envelope
 from .backends import check_result_backend
 from .push import pushers
 from .replies import BatchedResult, ReplyHub, reply_hub
+from .send_settings import send_settings
 from .sent_events import sent_events
 
 Sample = TypeVar("Sample")
 Output = TypeVar("Output")
 
-#: The app setting that turns the fast path off.
-FAST_CLIENT_SETTING = "batching_fast_client"
 # apply_async options the fast path honours; any other sends through Celery.
 FAST_OPTIONS = frozenset({"task_id", "expires", "ignore_result", "queue", "serializer", "compression"})
 
@@ -46,16 +45,16 @@ def can_send_fast(task: Task[Any, Any], args: Any, kwargs: Any, options: Mapping
     Only with the Redis result backend: the reply channel and the worker's
     pipelined result writing are Redis's; other backends wait through Celery.
     """
-    conf = task.app.conf
+    settings = send_settings(task.app)
     return (
-        conf.get(FAST_CLIENT_SETTING, True)
+        settings.fast_client
         and isinstance(args, (list, tuple))
         and len(args) == 1
         and not kwargs
         and options.keys() <= FAST_OPTIONS
-        and not conf.task_always_eager
+        and not task.app.conf.task_always_eager
         and task.priority is None
-        and conf.task_default_priority is None
+        and settings.default_priority is None
         and isinstance(task.app.backend, RedisBackend)
         and not signals.before_task_publish.receivers
         and not signals.after_task_publish.receivers
@@ -88,8 +87,9 @@ def send_many(
     check_result_backend(app, task.name, app.backend)  # submit_many comes here without can_send_fast
     if ignore_result is None:
         ignore_result = task.ignore_result
-    compression = compression or getattr(task, "compression", None) or app.conf.task_compression
-    hub = reply_hub(app) if not ignore_result and app.conf.get(FAST_CLIENT_SETTING, True) else None
+    settings = send_settings(app)
+    compression = compression or getattr(task, "compression", None) or settings.compression
+    hub = reply_hub(app) if not ignore_result and settings.fast_client else None
     task_ids = list(task_ids) if task_ids is not None else [uuid() for _ in samples]
     results = [_result(task, task_id, hub, ignore_result) for task_id in task_ids]
     if hub is None and not ignore_result:
@@ -105,7 +105,7 @@ def send_many(
             expires=expires,
             ignore_result=ignore_result,
             reply_channel=hub.channel if hub else None,
-            on_sent_event=events.append if app.conf.task_send_sent_event else None,
+            on_sent_event=events.append if settings.send_sent_event else None,
             serializer=serializer,
             compression=compression,
         )
