@@ -27,8 +27,10 @@ from kombu.utils.json import dumps as kombu_dumps, loads as kombu_loads
 
 # Types orjson writes natively but kombu writes differently (or refuses): never given to orjson.
 _NATIVE_ELSEWHERE = (uuid.UUID, enum.Enum, orjson.Fragment)
-# Subclasses of str/int/dict/list, datetimes and dataclasses go to ``default``, which refuses them.
-_OPTIONS = orjson.OPT_PASSTHROUGH_SUBCLASS | orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS
+#: orjson options: subclasses of str/int/dict/list, datetimes and dataclasses go to ``default`` (or fail without one).
+PASSTHROUGH_OPTIONS = (
+    orjson.OPT_PASSTHROUGH_SUBCLASS | orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS
+)
 # numpy dtype kinds orjson writes as the JSON of tolist(): integers and booleans (floats only as float64).
 _EXACT_ARRAY_KINDS = frozenset("iub")
 # In a JSON text, what would make kombu's object hook act ("__type__" envelopes, or an
@@ -105,7 +107,7 @@ def dumps(value: Any) -> bytes | str:
     """
     try:
         if _plain(value):
-            return orjson.dumps(value, default=_default, option=_OPTIONS)
+            return orjson.dumps(value, default=_default, option=PASSTHROUGH_OPTIONS)
     except (TypeError, RecursionError):  # _Refused, a big int, a non-str key, a lone surrogate, depth
         pass
     return kombu_dumps(value)

@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
+import orjson
 from celery import Task
 from celery.utils.nodenames import anon_nodename
 from celery.utils.time import maybe_iso8601
@@ -109,7 +110,7 @@ def envelope(
     on_sent_event: Callable[[dict[str, Any]], None] | None = None,
     serializer: str | None = None,
     compression: str | None = None,
-) -> str:
+) -> str | bytes:
     """The kombu Redis transport's JSON envelope of one Celery protocol 2 message.
 
     ``serializer`` defaults to the task's; ``compression`` (a name or content
@@ -151,7 +152,7 @@ def envelope(
         body_encoding="base64",
         delivery_tag=uuid(),
     )
-    return json_dumps(
+    return _envelope_json(
         {
             "body": base64.b64encode(body).decode(),
             "content-encoding": content_encoding,
@@ -160,6 +161,23 @@ def envelope(
             "properties": properties,
         }
     )
+
+
+def _envelope_json(outer: dict[str, Any]) -> str | bytes:
+    """The envelope's JSON: orjson's when it can write every value as kombu's would, else kombu's.
+
+    The envelope holds what Celery's ``as_task_v2`` builds from a call (text,
+    numbers, None, lists and dicts of them: the body is already base64 text), and
+    orjson writes those as kombu's JSON decodes them, ten times faster; it lays
+    them out without spaces, which every JSON reader (and the claim script) takes.
+    Anything else it would write its own way (a UUID task id, a subclass of str) is kombu's.
+    """
+    if type(outer["headers"]["id"]) is str:
+        try:
+            return orjson.dumps(outer, option=fastjson.PASSTHROUGH_OPTIONS)
+        except TypeError:
+            pass
+    return json_dumps(outer)
 
 
 @dataclass(frozen=True, slots=True)

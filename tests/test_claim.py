@@ -3,7 +3,8 @@
 A claim records each message in kombu's unacked hash exactly as kombu's own
 ``QoS.append`` would (``[payload, exchange, routing_key]``), so kombu's restore
 brings it back unchanged. The script reads the delivery tag and routing from
-the tail of kombu's envelope; a message laid out otherwise is decoded whole.
+the tail of kombu's envelope (as kombu's JSON and as orjson lay it out); a
+message laid out otherwise is decoded whole.
 Both paths must leave the same record.
 """
 
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import time
 
 import pytest
@@ -104,11 +106,35 @@ def test_a_message_without_kombus_tail_is_decoded_whole(app, broker, routing_key
     assert json.loads(broker.hget("unacked", "tag-1")) == [json.loads(payload), "ex", routing_key]
 
 
-def test_a_tail_with_an_escaped_routing_key_falls_back_to_decoding(app, broker):
-    # Given kombu's own layout, but a routing key the tail pattern does not take (it holds a quote)
+@pytest.mark.parametrize("separators", [(", ", ": "), (",", ":")], ids=["kombu", "orjson"])
+def test_the_tag_and_routing_are_read_from_the_tail_in_either_layout(app, broker, separators):
+    # Given a payload that only the tail reading can make sense of: it does not parse as JSON
+    tail = json.dumps(
+        {
+            "delivery_info": {"exchange": "ex", "routing_key": QUEUE},
+            "priority": 0,
+            "body_encoding": "base64",
+            "delivery_tag": "t-1",
+        },
+        separators=separators,
+    )
+    payload = b'not json, "properties"' + separators[1].encode() + tail.encode() + b"}"
+    broker.lpush(QUEUE, payload)
+
+    # When it is claimed, its tag and routing come from the tail (decoding it whole would fail)
+    messages, _ = claim_all(broker, 10)
+    assert [m.tag for m in messages] == ["t-1"]
+    assert broker.hget("unacked", "t-1") == b"[" + payload + f',"ex","{QUEUE}"]'.encode()
+
+
+@pytest.mark.parametrize("fast_client", [False, True], ids=["celery", "fast-path"])
+def test_a_tail_with_an_escaped_routing_key_falls_back_to_decoding(app, broker, fast_client):
+    # Given a sender's own layout, but a routing key the tail pattern does not take (it holds a quote)
+    app.conf.batching_fast_client = fast_client
     app.tasks["claim.echo"].delay(1)
+    app.conf.batching_fast_client = True
     sent = broker.rpop(QUEUE)
-    payload = sent.replace(f'"routing_key": "{QUEUE}"'.encode(), b'"routing_key": "odd\\"key"')
+    payload = re.sub(rb'"routing_key": ?"' + QUEUE.encode() + rb'"', rb'"routing_key": "odd\\"key"', sent)
     assert payload != sent
     broker.lpush(QUEUE, payload)
 

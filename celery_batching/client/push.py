@@ -103,7 +103,9 @@ class Pusher:
         self._marker_seconds = marker_seconds(self._retry, self._policy, channel.socket_timeout)
         self._wait = replica_wait(app)
 
-    def push(self, task_name: str, queue: str, payloads: Sequence[str], task_ids: Sequence[str], bound: int) -> None:
+    def push(
+        self, task_name: str, queue: str, payloads: Sequence[str | bytes], task_ids: Sequence[str], bound: int
+    ) -> None:
         """Push ``payloads`` onto ``queue`` once, unless that passes ``bound`` (0: no bound).
 
         Raises :class:`QueueFull` when refused, :class:`SendOutcomeUnknown` when no
@@ -112,7 +114,7 @@ class Pusher:
         too few replicas confirmed it (not retried: it is on the queue).
         """
         keys = [self._prefix + SENT_MARKER_PREFIX + task_ids[0], *queue_lists(queue, self._options)]
-        args: list[str | int] = [bound, self._marker_seconds, *payloads]
+        args: list[str | bytes | int] = [bound, self._marker_seconds, *payloads]
         attempts = [0]
         confirmed = [0]
 

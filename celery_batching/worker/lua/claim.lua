@@ -29,13 +29,14 @@ local claimed_at = tostring(math.ceil(tonumber(ARGV[2])))
 -- HSET and ZADD arguments, sent in a few variadic calls rather than three calls per message.
 local records, scores = {}, {}
 
--- The tail kombu's envelope ends with: its properties, delivery_tag last. Matched
+-- The tail kombu's envelope ends with: its properties, delivery_tag last, laid
+-- out with spaces (kombu's JSON) or without (orjson's, the fast client's). Matched
 -- on the last few hundred bytes instead of decoding the whole message; a
 -- message shaped otherwise is decoded with cjson. The captures hold no quote,
 -- backslash or control character, so they are JSON strings as they stand.
-local TAIL_START = '"delivery_info": {"exchange": "'
-local TAIL = '^"delivery_info": {"exchange": "([^"\\%c]*)", "routing_key": "([^"\\%c]*)"}, '
-    .. '"priority": %d+, "body_encoding": "base64", "delivery_tag": "([^"\\%c]+)"}}$'
+local TAIL_START = '"delivery_info":'
+local TAIL = '^"delivery_info": ?{"exchange": ?"([^"\\%c]*)", ?"routing_key": ?"([^"\\%c]*)"}, ?'
+    .. '"priority": ?%d+, ?"body_encoding": ?"base64", ?"delivery_tag": ?"([^"\\%c]+)"}}$'
 local TAIL_BYTES = 400
 
 local function from_tail(payload)
