@@ -17,7 +17,6 @@ rather than inside either.
 from __future__ import annotations
 
 import enum
-import json
 import sys
 import uuid
 from typing import Any
@@ -126,16 +125,6 @@ def loads(data: bytes | str) -> Any:
         except orjson.JSONDecodeError:  # NaN, infinity, odd encodings: kombu decides
             pass
     return kombu_loads(data)
-
-
-def loads_plain(data: bytes | str) -> Any:
-    """A JSON text decoded exactly as the standard library's ``json.loads`` would (no hooks)."""
-    if _orjson_reads_it(data):
-        try:
-            return orjson.loads(data)
-        except orjson.JSONDecodeError:
-            pass
-    return json.loads(data)
 
 
 #: The app setting that turns the fast codec off (``False``: kombu's JSON everywhere, as before).

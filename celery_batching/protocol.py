@@ -42,7 +42,7 @@ from celery.utils.time import maybe_iso8601
 from kombu import compression as kombu_compression
 from kombu.exceptions import ContentDisallowed
 from kombu.serialization import dumps, loads
-from kombu.utils.json import dumps as json_dumps
+from kombu.utils.json import dumps as json_dumps, loads as json_loads
 from kombu.utils.uuid import uuid
 
 from . import fastjson
@@ -257,8 +257,9 @@ class MessageDecoder:
         self, task_name: str, queue: str, accept: set[str] | None, max_sample_bytes: int | None, fast_json: bool = False
     ) -> None:
         self.task_name = task_name
-        # orjson for the envelope and JSON bodies (same decoded values as json/kombu), when asked.
-        self._loads_envelope = fastjson.loads_plain if fast_json else json.loads
+        # The envelope as kombu's Redis transport reads it (kombu's JSON: a UUID task id stays one);
+        # orjson for it and for JSON bodies (same decoded values as kombu's), when asked.
+        self._loads_envelope = fastjson.loads if fast_json else json_loads
         self._fast_body = fast_json and (accept is None or fastjson.JSON_CONTENT_TYPE in accept)
         self.queue = queue
         self.accept = accept  # None: every content type (kombu's reading of it)
@@ -270,9 +271,9 @@ class MessageDecoder:
             outer = self._loads_envelope(claimed.payload)
             if not isinstance(outer, dict):
                 raise ValueError(f"a JSON {type(outer).__name__}, not an object")
-        except ValueError as exc:
+        except Exception as exc:  # noqa: BLE001 - kombu's type hooks raise whatever their decoders raise
             message.error = MalformedMessage(
-                f"queue {self.queue!r}: message is not a kombu JSON envelope ({exc}): "
+                f"queue {self.queue!r}: message is not a kombu JSON envelope ({type(exc).__name__}: {exc}): "
                 f"{claimed.payload[:_QUOTE_BYTES]!r}"
             )
             return message

@@ -279,9 +279,3 @@ def _decoded(decode: Any, text: Any) -> tuple[str, str]:
 def test_fast_decoder_reads_what_kombu_reads(text: Any) -> None:
     # Given a JSON text, when both decoders read it, then they give the same value (or both fail).
     assert _decoded(fastjson.loads, text) == _decoded(kombu_loads, text)
-
-
-@pytest.mark.parametrize("text", _texts(), ids=lambda t: type(t).__name__)
-def test_fast_plain_decoder_reads_what_json_reads(text: Any) -> None:
-    # Given a JSON text, when the envelope decoder reads it, then it matches json.loads.
-    assert _decoded(fastjson.loads_plain, text) == _decoded(json.loads, text)
