@@ -38,12 +38,12 @@ from typing import Any
 import orjson
 from celery import Task
 from celery.utils.nodenames import anon_nodename
+from celery.utils.saferepr import saferepr
 from celery.utils.time import maybe_iso8601
 from kombu import compression as kombu_compression
 from kombu.exceptions import ContentDisallowed
 from kombu.serialization import dumps, loads
 from kombu.utils.json import dumps as json_dumps, loads as json_loads
-from kombu.utils.uuid import uuid
 
 from . import fastjson
 from .errors import (
@@ -54,6 +54,7 @@ from .errors import (
     MalformedMessage,
     SampleTooLarge,
 )
+from .ids import new_id
 
 #: Message header with the send time (seconds since the epoch): the worker's queue-wait metric.
 SENT_AT_HEADER = "batching_sent_at"
@@ -110,6 +111,7 @@ def envelope(
     on_sent_event: Callable[[dict[str, Any]], None] | None = None,
     serializer: str | None = None,
     compression: str | None = None,
+    repr_maxlevels: int = 3,
 ) -> str | bytes:
     """The kombu Redis transport's JSON envelope of one Celery protocol 2 message.
 
@@ -117,8 +119,10 @@ def envelope(
     type from :mod:`kombu.compression`) is applied as kombu's producer does: to
     the serialized body, named in the ``compression`` header. With
     ``on_sent_event``, the message's ``task-sent`` event fields are handed to it.
+    ``repr_maxlevels`` is the app's ``task_repr_maxlevels`` (Celery's default: 3).
     """
-    message = task.app.amqp.as_task_v2(
+    amqp = task.app.amqp
+    message = amqp.as_task_v2(
         task_id,
         task.name,
         (sample,),
@@ -128,6 +132,8 @@ def envelope(
         ignore_result=ignore_result,
         create_sent_event=on_sent_event is not None,
         reply_to=task.app.thread_oid,  # as Celery's apply_async sends it: the calling thread's oid
+        # As Celery computes it, with the setting it would read per call passed in.
+        argsrepr=saferepr((sample,), amqp.argsrepr_maxsize, maxlevels=repr_maxlevels),
         # What Celery would compute for these on every call, computed once (a call has no kwargs).
         kwargsrepr=NO_KWARGS_REPR,
         origin=_origin(),
@@ -150,7 +156,7 @@ def envelope(
         delivery_info={"exchange": "", "routing_key": queue},
         priority=0,
         body_encoding="base64",
-        delivery_tag=uuid(),
+        delivery_tag=new_id(),
     )
     return _envelope_json(
         {

@@ -152,13 +152,16 @@ def test_a_payload_that_is_not_json_is_still_tracked(app, broker):
     assert json.loads(broker.hget("unacked", messages[0].tag)) == ["not json at all", "", QUEUE]
 
 
-def test_the_fast_path_sends_the_message_celerys_own_path_sends(app, broker):
-    # Given the same call through Celery's producer and through the fast path
+@pytest.mark.parametrize("repr_maxlevels", [3, 1])
+def test_the_fast_path_sends_the_message_celerys_own_path_sends(app, broker, repr_maxlevels, monkeypatch):
+    # Given the same call through Celery's producer and through the fast path (argsrepr cut at some depth)
     task = app.tasks["claim.echo"]
+    monkeypatch.setitem(app.conf, "task_repr_maxlevels", repr_maxlevels)
+    sample = {"text": "héllo", "n": [1, 2.5, {"deep": [[1]]}]}
     app.conf.batching_fast_client = False
-    task.delay({"text": "héllo", "n": [1, 2.5]})
+    task.delay(sample)
     app.conf.batching_fast_client = True
-    task.delay({"text": "héllo", "n": [1, 2.5]})
+    task.delay(sample)
     celerys, fast = (json.loads(raw) for raw in reversed(broker.lrange(QUEUE, 0, -1)))
 
     # Then both carry the same headers, properties and body, but for the ids and the fast path's own headers

@@ -23,8 +23,8 @@ from typing import Any, TypeVar
 from celery import Task, signals
 from celery.backends.redis import RedisBackend
 from celery.result import AsyncResult
-from kombu.utils.uuid import uuid
 
+from ..ids import new_id
 from ..protocol import envelope
 from .backends import check_result_backend
 from .push import pushers
@@ -90,7 +90,7 @@ def send_many(
     settings = send_settings(app)
     compression = compression or getattr(task, "compression", None) or settings.compression
     hub = reply_hub(app) if not ignore_result and settings.fast_client else None
-    task_ids = list(task_ids) if task_ids is not None else [uuid() for _ in samples]
+    task_ids = list(task_ids) if task_ids is not None else [new_id() for _ in samples]
     results = [_result(task, task_id, hub, ignore_result) for task_id in task_ids]
     if hub is None and not ignore_result:
         for task_id in task_ids:
@@ -108,6 +108,7 @@ def send_many(
             on_sent_event=events.append if settings.send_sent_event else None,
             serializer=serializer,
             compression=compression,
+            repr_maxlevels=settings.repr_maxlevels,
         )
         for task_id, sample in zip(task_ids, samples)
     ]

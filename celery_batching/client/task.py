@@ -16,10 +16,10 @@ from celery import Celery, Task
 from celery.result import AsyncResult
 from celery.signals import celeryd_init
 from celery.utils.text import str_to_list
-from kombu.utils.uuid import uuid
 
 from ..engine.policy import FlushPolicy
 from ..errors import ConfigurationError, QueueFull
+from ..ids import new_id
 from ..models.base import ManagedModel, Output, Sample
 from .backends import check_result_backend
 from .publish import can_send_fast, send_many
@@ -98,7 +98,7 @@ class BatchedTask(_OneSampleTask[Sample, Output]):
                 self,
                 args,
                 options["queue"],
-                task_ids=[options.get("task_id") or uuid()],
+                task_ids=[options.get("task_id") or new_id()],
                 expires=options.get("expires", self.expires),
                 ignore_result=options.get("ignore_result"),
                 serializer=options.get("serializer"),
