@@ -25,7 +25,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import math
-import threading
+import queue
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from importlib import resources
 from typing import Any
@@ -89,10 +89,12 @@ class Pusher:
         # A plain client on the channel's connections: kombu's prefixing client (global_keyprefix)
         # prefixes only a script's first key; the keys are prefixed here instead.
         self.client = redis.Redis(connection_pool=channel.client.connection_pool)
-        self._slots = threading.BoundedSemaphore(int(channel.max_connections or 10))
-        # redis-py connections (untyped there), LIFO: the warmest first.
+        # One token per connection the process may open: a C queue, a tenth of a semaphore's cost.
+        self._slots: queue.SimpleQueue[None] = queue.SimpleQueue()
+        for _ in range(int(channel.max_connections or 10)):
+            self._slots.put(None)
+        # redis-py connections (untyped there), LIFO: the warmest first (append and pop are atomic).
         self._idle: list[Any] = []
-        self._idle_lock = threading.Lock()
         pool = channel.client.connection_pool
         self._new_connection: Callable[[], Any] = lambda: pool.connection_class(**pool.connection_kwargs)
         self._source = resources.files(__package__).joinpath("lua").joinpath("push.lua").read_text()
@@ -161,13 +163,14 @@ class Pusher:
     @contextlib.contextmanager
     def _connection_slot(self) -> Iterator[Any]:
         """Hold one of the process's push connections, waiting for one to be free."""
-        if not self._slots.acquire(timeout=CONNECTION_WAIT_SECONDS):
-            # Nothing was sent: the policy may retry.
-            raise redis.ConnectionError(f"no free broker connection within {CONNECTION_WAIT_SECONDS}s")
-        with self._idle_lock:
-            connection = self._idle.pop() if self._idle else None
         try:
-            connection = connection or self._new_connection()
+            self._slots.get(timeout=CONNECTION_WAIT_SECONDS)
+        except queue.Empty:
+            # Nothing was sent: the policy may retry.
+            raise redis.ConnectionError(f"no free broker connection within {CONNECTION_WAIT_SECONDS}s") from None
+        connection = None
+        try:
+            connection = self._take_idle() or self._new_connection()
             yield connection
         except BaseException:
             if connection is not None:
@@ -175,9 +178,15 @@ class Pusher:
             raise
         finally:
             if connection is not None:
-                with self._idle_lock:
-                    self._idle.append(connection)
-            self._slots.release()
+                self._idle.append(connection)
+            self._slots.put(None)
+
+    def _take_idle(self) -> Any:
+        """The warmest idle connection, or None (another thread may take the last one first)."""
+        try:
+            return self._idle.pop()
+        except IndexError:
+            return None
 
 
 def _retry_options(policy: Mapping[str, Any]) -> dict[str, Any]:
