@@ -8,13 +8,19 @@ marker and pushes nothing, so retrying is safe: the publish retry policy of
 Celery (``task_publish_retry``, ``task_publish_retry_policy``) is followed here,
 never by resending through Celery's own path.
 
-The pushes of a process share a bounded set of connections of their own
-(kombu's ``max_connections``, 10 by default); a thread that finds them all busy
-waits for one instead of failing with redis-py's "Too many connections". A push
-is one ``EVALSHA`` written and read on such a connection directly: redis-py's
-pool checks a connection for stray data at every checkout (a poll and a read
-that finds nothing, about a third of a push's client CPU), which a connection
-used only here never has, since redis-py drops one whose read failed.
+Calls from many threads of a process share round trips, as a database's
+group commit does: a call that finds no round trip in flight sends at once; one
+that finds one in flight waits in line, and the next round trip carries every
+call waiting, each still with its own marker, bound and outcome. Under load
+(threads of a web process sending as their results come back, several at a
+time) a push costs its caller a lock hand-over instead of a round trip, and
+Redis one script run for several calls. A lone call waits for nobody.
+
+A round trip is one ``EVALSHA`` written and read on a connection of the
+Pusher's own: redis-py's pool checks a connection for stray data at every
+checkout (a poll and a read that finds nothing, about a third of a push's
+client CPU), which a connection used only here never has, since redis-py drops
+one whose read failed.
 
 With ``batching_wait_replicas``, the push's ``WAIT`` rides in the same round
 trip (:mod:`~celery_batching.client.replication`).
@@ -22,10 +28,12 @@ trip (:mod:`~celery_batching.client.replication`).
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import hashlib
 import math
 import queue
+import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from importlib import resources
 from typing import Any
@@ -104,6 +112,9 @@ class Pusher:
         self._policy: Mapping[str, Any] = app.conf.task_publish_retry_policy or {}
         self._marker_seconds = marker_seconds(self._retry, self._policy, channel.socket_timeout)
         self._wait = replica_wait(app)
+        # The calls waiting for a round trip, the one being carried first.
+        self._line: collections.deque[_Call] = collections.deque()
+        self._line_lock = threading.Lock()
 
     def push(
         self, task_name: str, queue: str, payloads: Sequence[str | bytes], task_ids: Sequence[str], bound: int
@@ -115,33 +126,113 @@ class Pusher:
         :class:`~celery_batching.errors.NotReplicated` when the push landed but
         too few replicas confirmed it (not retried: it is on the queue).
         """
-        keys = [self._prefix + SENT_MARKER_PREFIX + task_ids[0], *queue_lists(queue, self._options)]
-        args: list[str | bytes | int] = [bound, self._marker_seconds, *payloads]
-        attempts = [0]
-        confirmed = [0]
+        lists = queue_lists(queue, self._options)
+        call = _Call(task_name, queue, task_ids, bound, len(payloads))
+        call.keys = [self._prefix + SENT_MARKER_PREFIX + task_ids[0], *lists]
+        call.args = [len(lists), bound, len(payloads), *payloads]
+        self._join_line(call)
+        if call.outcome is None:  # first in line: it carries the line
+            self._carry_line()
+        self._settle(call)
 
-        def attempt() -> list[int]:
+    def _join_line(self, call: _Call) -> None:
+        """Put ``call`` in line; wait until a round trip has carried it, or it is first in line.
+
+        A thread interrupted here (KeyboardInterrupt) takes its call out of line,
+        unless a round trip has taken it, and passes the lead on if it had it:
+        otherwise the line would wait for it for ever.
+        """
+        try:
+            with self._line_lock:
+                self._line.append(call)
+                first = len(self._line) == 1
+            if not first:
+                call.turn.acquire()
+        except BaseException:
+            self._leave_line(call)
+            raise
+
+    def _leave_line(self, call: _Call) -> None:
+        """Take an interrupted thread's call out of line, if no round trip has it; pass the lead on."""
+        successor = None
+        with self._line_lock:
+            if call in self._line and not call.taken:
+                first = self._line[0] is call
+                self._line.remove(call)
+                successor = self._line[0] if first and self._line else None
+        if successor is not None:
+            successor.turn.release()  # it leads the next round trip
+
+    def _carry_line(self) -> None:
+        """Carry every call in line (this thread's first) in one round trip, then hand the line on."""
+        with self._line_lock:
+            group = list(self._line)
+            for call in group:
+                call.taken = True
+        attempts = [0]
+        try:
+            answer, confirmed = self._round_trip(group, attempts)
+            for index, call in enumerate(group):
+                call.outcome = (int(answer[2 * index]), int(answer[2 * index + 1]), confirmed)
+        except _RETRIED as exc:
+            reason = f"{type(exc).__name__}: {exc}"
+            for call in group:
+                call.outcome = SendOutcomeUnknown(call.task_name, list(call.task_ids), attempts[0], reason)
+                call.outcome.__cause__ = exc
+        except Exception as exc:  # noqa: BLE001 - each call in the round trip raises what it raised
+            for call in group:
+                call.outcome = exc
+        except BaseException as exc:  # noqa: BLE001 - interrupted: what the others' sends did is unknown
+            group[0].outcome = exc
+            for call in group[1:]:
+                call.outcome = SendOutcomeUnknown(
+                    call.task_name, list(call.task_ids), attempts[0], f"the sending thread was interrupted: {exc!r}"
+                )
+        finally:
+            with self._line_lock:
+                for _ in group:
+                    self._line.popleft()
+                successor = self._line[0] if self._line else None
+            for call in group[1:]:
+                call.turn.release()
+            if successor is not None:
+                successor.turn.release()  # it leads the next round trip
+
+    def _round_trip(self, group: list[_Call], attempts: list[int]) -> tuple[list[Any], int]:
+        """The push script for ``group`` under the publish retry policy: its answer, and how many replicas confirmed.
+
+        ``attempts[0]`` counts the attempts made, for the error when none was confirmed.
+        """
+        keys = [key for call in group for key in call.keys]
+        args = [self._marker_seconds, *(arg for call in group for arg in call.args)]
+        confirmed = 0
+
+        def attempt() -> list[Any]:
+            nonlocal confirmed
             attempts[0] += 1
             with self._connection_slot() as connection:
                 if self._wait is None:
-                    return [int(value) for value in self._evalsha(connection, keys, args)]
+                    return list(self._evalsha(connection, keys, args))
                 pipe = self.client.pipeline(transaction=False)
                 self._script(keys=keys, args=args, client=pipe)
                 self._wait.append_to(pipe)
-                answer, confirmed[0] = pipe.execute()
-                return [int(value) for value in answer]
+                answer, confirmed = pipe.execute()
+                return list(answer)
 
-        try:
-            if self._retry:
-                status, depth = retry_over_time(attempt, _RETRIED, **_retry_options(self._policy))
-            else:
-                status, depth = attempt()
-        except _RETRIED as exc:
-            raise SendOutcomeUnknown(task_name, list(task_ids), attempts[0], f"{type(exc).__name__}: {exc}") from exc
+        answer = retry_over_time(attempt, _RETRIED, **_retry_options(self._policy)) if self._retry else attempt()
+        return answer, int(confirmed)
+
+    def _settle(self, call: _Call) -> None:
+        """Return or raise what the round trip that carried ``call`` made of it."""
+        outcome = call.outcome
+        if isinstance(outcome, BaseException):
+            raise outcome
+        assert outcome is not None
+        status, depth, confirmed = outcome
         if status == _FULL:
-            raise QueueFull(queue, depth, bound, len(payloads))
+            raise QueueFull(call.queue, depth, call.bound, call.count)
         if self._wait is not None:
-            self._wait.check(confirmed[0], f"{task_name}: sending task {task_ids[0]}")
+            self._wait.check(confirmed, f"{call.task_name}: sending task {call.task_ids[0]}")
 
     def depth(self, queue: str) -> int:
         """How many messages wait on ``queue``, all priorities (one pipelined read)."""
@@ -187,6 +278,27 @@ class Pusher:
             return self._idle.pop()
         except IndexError:
             return None
+
+
+class _Call:
+    """One call's push, in line for the round trip that carries it."""
+
+    __slots__ = ("args", "bound", "count", "keys", "outcome", "queue", "taken", "task_ids", "task_name", "turn")
+
+    def __init__(self, task_name: str, queue: str, task_ids: Sequence[str], bound: int, count: int) -> None:
+        self.task_name = task_name
+        self.queue = queue
+        self.task_ids = task_ids
+        self.bound = bound
+        self.count = count
+        self.keys: list[str] = []
+        self.args: list[str | bytes | int] = []
+        # (status, depth, replicas confirmed), or what its round trip raised; None until carried.
+        self.outcome: tuple[int, int, int] | BaseException | None = None
+        self.taken = False  # by a round trip: it is no longer the waiting thread's to take out of line
+        # Held until its round trip is done or it is first in line: its thread waits on it.
+        self.turn = threading.Lock()
+        self.turn.acquire()
 
 
 def _retry_options(policy: Mapping[str, Any]) -> dict[str, Any]:

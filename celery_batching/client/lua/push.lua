@@ -1,35 +1,47 @@
--- Push one call's messages onto a batched queue, at most once, and only within
--- the queue's bound; all in one atomic step, one round trip.
+-- Push the messages of one or more calls onto batched queues, each call at most
+-- once and only within its queue's bound; all in one atomic step, one round trip.
 --
--- A retry of the same call (after a timeout whose outcome is unknown) finds the
--- call's sent marker and pushes nothing; the marker is written with the push.
+-- A retry of a call (after a timeout whose outcome is unknown) finds the call's
+-- sent marker and pushes nothing; the marker is written with the push. The calls
+-- are taken in order, so a call's bound counts the messages of those before it.
 --
--- KEYS[1]   the call's sent marker (named after its first task id)
--- KEYS[2]   the list the messages go on (the queue's own list)
--- KEYS[3..] the queue's priority sub-lists, counted in its depth
--- ARGV[1]   the bound on the depth (0: none)
--- ARGV[2]   seconds the marker lives
--- ARGV[3..] the messages, in the order LPUSH takes them
--- Returns {status, depth}: 1 pushed, 0 already pushed by an earlier attempt,
--- -1 refused (the depth plus these messages would pass the bound).
-if redis.call('EXISTS', KEYS[1]) == 1 then
-    return {0, 0}
-end
-local bound = tonumber(ARGV[1])
-local incoming = #ARGV - 2
-local depth = 0
-if bound > 0 then
-    for i = 2, #KEYS do
-        depth = depth + redis.call('LLEN', KEYS[i])
-    end
-    if depth + incoming > bound then
-        return {-1, depth}
-    end
-end
+-- KEYS, per call: its sent marker (named after its first task id), the list its
+--   messages go on (the queue's own list), then the queue's priority sub-lists
+-- ARGV[1]  seconds a marker lives
+-- ARGV[2..], per call: how many lists it named in KEYS, the bound on their depth
+--   (0: none), how many messages follow, then the messages in the order LPUSH
+--   takes them
+-- Returns {status, depth} per call, flattened: 1 pushed, 0 already pushed by an
+-- earlier attempt, -1 refused (the depth plus its messages would pass the bound).
+local answer = {}
+local key = 1
+local arg = 2
 -- In slices: unpack() of thousands of values overflows Lua's stack.
 local slice = 1000
-for first = 3, #ARGV, slice do
-    redis.call('LPUSH', KEYS[2], unpack(ARGV, first, math.min(first + slice - 1, #ARGV)))
+while arg <= #ARGV do
+    local lists, bound, count = tonumber(ARGV[arg]), tonumber(ARGV[arg + 1]), tonumber(ARGV[arg + 2])
+    local first, last = arg + 3, arg + 2 + count
+    local marker = KEYS[key]
+    local status, depth = 1, 0
+    if redis.call('EXISTS', marker) == 1 then
+        status = 0
+    elseif bound > 0 then
+        for i = key + 1, key + lists do
+            depth = depth + redis.call('LLEN', KEYS[i])
+        end
+        if depth + count > bound then
+            status = -1
+        end
+    end
+    if status == 1 then
+        for from = first, last, slice do
+            redis.call('LPUSH', KEYS[key + 1], unpack(ARGV, from, math.min(from + slice - 1, last)))
+        end
+        redis.call('SET', marker, '1', 'EX', ARGV[1])
+    end
+    answer[#answer + 1] = status
+    answer[#answer + 1] = depth
+    key = key + 1 + lists
+    arg = last + 1
 end
-redis.call('SET', KEYS[1], '1', 'EX', ARGV[2])
-return {1, depth}
+return answer
