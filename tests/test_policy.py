@@ -40,11 +40,26 @@ def test_decide(max_batch_size, max_wait, pending, oldest, now, expected):
 
 
 @pytest.mark.parametrize(
-    ("max_batch_size", "pending", "room"),
-    [(64, 0, 64), (64, 10, 54), (64, 64, 0), (64, 100, 0), (1, 0, 1)],
+    ("max_batch_size", "waiting", "model_busy", "room"),
+    [
+        # A batch running: one batch beyond it, counting what waits to be stored
+        (64, 0, True, 64),
+        (64, 10, True, 54),
+        (64, 64, True, 0),
+        (64, 100, True, 0),
+        # The model idle: the next batch may be claimed beside one still being stored, never more than a batch at once
+        (64, 0, False, 64),
+        (64, 64, False, 64),
+        (64, 100, False, 28),
+        (64, 128, False, 0),
+        (64, 200, False, 0),
+        (1, 0, True, 1),
+        (1, 1, False, 1),
+        (1, 2, False, 0),
+    ],
 )
-def test_room_caps_claims_at_one_batch_beyond_the_running_one(max_batch_size, pending, room):
-    assert FlushPolicy(max_batch_size=max_batch_size).room(pending) == room
+def test_room_caps_claims_at_one_batch_beyond_the_running_one(max_batch_size, waiting, model_busy, room):
+    assert FlushPolicy(max_batch_size=max_batch_size).room(waiting, model_busy) == room
 
 
 @pytest.mark.parametrize(

@@ -115,6 +115,8 @@ class Batcher:
         self._pending: deque[Request] = deque()
         # Requests the feeder still holds beside the pending ones (finished batches not yet settled).
         self._held = 0
+        # Requests of the batch being predicted (0: the model is idle).
+        self._running = 0
         self._changed = threading.Condition()
         self._stopping = False
         self._thread = threading.Thread(target=self._run, name=f"batcher:{name}", daemon=True)
@@ -127,13 +129,15 @@ class Batcher:
 
         Held requests count as queued: a feeder that is slow to settle
         finished batches (a slow result store) claims less, instead of
-        hoarding work other consumers could take.
+        hoarding work other consumers could take. While the model is idle,
+        the next batch may be queued beside one batch still held, so storing
+        a batch overlaps with running the next (:meth:`FlushPolicy.room`).
         """
         with self._changed:
             return self._room()
 
     def _room(self) -> int:
-        return self.policy.room(len(self._pending) + self._held)
+        return self.policy.room(len(self._pending) + self._held, model_busy=self._running > 0)
 
     def wait_for_room(self, timeout: float) -> int:
         """Block until there is room (or ``timeout``); returns the room."""
@@ -184,6 +188,7 @@ class Batcher:
                 decision = self.policy.decide(len(self._pending), oldest, self._clock())
                 if isinstance(decision, Flush):
                     batch = [self._pending.popleft() for _ in range(decision.size)]
+                    self._running = len(batch)
                     self._changed.notify_all()
                     return batch
                 if isinstance(decision, WaitUntil):
@@ -196,8 +201,11 @@ class Batcher:
     def _run(self) -> None:
         while (batch := self._next_batch()) is not None:
             report = self.run_batch(batch)
-            if self._hold_done:
-                self.hold(len(batch))
+            with self._changed:
+                self._running = 0
+                if self._hold_done:
+                    self._held += len(batch)
+                self._changed.notify_all()
             try:
                 self._on_done(report)
             except Exception:  # keep serving; the feeder logs its own failures

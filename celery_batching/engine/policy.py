@@ -71,9 +71,16 @@ class FlushPolicy:
         if not 0 <= self.max_wait < float("inf"):
             raise ConfigurationError(f"max_wait must be finite and >= 0 seconds, got {self.max_wait}")
 
-    def room(self, pending: int) -> int:
-        """How many more samples may be claimed beside ``pending`` (no hoarding)."""
-        return max(0, self.max_batch_size - pending)
+    def room(self, waiting: int, model_busy: bool) -> int:
+        """How many more samples may be claimed beside ``waiting`` ones (pending, or run and not yet stored).
+
+        No hoarding: what a worker holds is at most the running batch and one
+        batch beyond it. While the model is idle, that one beyond may be a batch
+        still being stored, and the next batch may be claimed to run meanwhile;
+        one claim is never more than a batch.
+        """
+        limit = self.max_batch_size if model_busy else 2 * self.max_batch_size
+        return max(0, min(self.max_batch_size, limit - waiting))
 
     def decide(self, pending: int, oldest_arrival: float | None, now: float) -> Decision:
         """What a free model should do with ``pending`` samples at time ``now``.
