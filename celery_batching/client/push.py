@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import hashlib
 import math
 import queue
 import threading
@@ -44,6 +43,7 @@ from kombu.transport.redis import Channel as RedisChannel
 from kombu.utils.functional import retry_over_time
 
 from ..errors import QueueFull, SendOutcomeUnknown
+from ..resp import Script
 from .per_process import PerProcess
 from .replication import replica_wait
 
@@ -105,9 +105,9 @@ class Pusher:
         self._idle: list[Any] = []
         pool = channel.client.connection_pool
         self._new_connection: Callable[[], Any] = lambda: pool.connection_class(**pool.connection_kwargs)
-        self._source = resources.files(__package__).joinpath("lua").joinpath("push.lua").read_text()
-        self._sha = hashlib.sha1(self._source.encode()).hexdigest()
-        self._script = self.client.register_script(self._source)
+        source = resources.files(__package__).joinpath("lua").joinpath("push.lua").read_text()
+        self._script = Script(source)
+        self._script_in_pipeline = self.client.register_script(source)
         self._retry = bool(app.conf.task_publish_retry)
         self._policy: Mapping[str, Any] = app.conf.task_publish_retry_policy or {}
         self._marker_seconds = marker_seconds(self._retry, self._policy, channel.socket_timeout)
@@ -212,9 +212,9 @@ class Pusher:
             attempts[0] += 1
             with self._connection_slot() as connection:
                 if self._wait is None:
-                    return list(self._evalsha(connection, keys, args))
+                    return list(self._script.run(connection, keys, args))
                 pipe = self.client.pipeline(transaction=False)
-                self._script(keys=keys, args=args, client=pipe)
+                self._script_in_pipeline(keys=keys, args=args, client=pipe)
                 self._wait.append_to(pipe)
                 answer, confirmed = pipe.execute()
                 return list(answer)
@@ -241,15 +241,6 @@ class Pusher:
             pipe.llen(key)
         with self._connection_slot():
             return sum(int(length) for length in pipe.execute())
-
-    def _evalsha(self, connection: Any, keys: list[str], args: list[Any]) -> Any:
-        """The push script on ``connection``; loaded first if Redis does not know it (a restart, a new master)."""
-        try:
-            connection.send_command("EVALSHA", self._sha, len(keys), *keys, *args)
-            return connection.read_response()
-        except redis.exceptions.NoScriptError:
-            connection.send_command("EVAL", self._source, len(keys), *keys, *args)
-            return connection.read_response()
 
     @contextlib.contextmanager
     def _connection_slot(self) -> Iterator[Any]:

@@ -26,6 +26,7 @@ from .. import fastjson
 from ..client.replication import replica_wait
 from ..errors import ResultNotSerializable
 from ..protocol import takes_batches
+from ..resp import Script
 from .arrays import plain_value
 
 
@@ -79,7 +80,9 @@ class ResultWriter:
         self._redis = self.backend if isinstance(self.backend, RedisBackend) else None
         if self._redis is not None:
             source = resources.files(__package__).joinpath("lua").joinpath("store_results.lua").read_text()
-            self._store_results = self._redis.client.register_script(source)
+            # Packed by us: a batch of vectors is a megabyte of arguments, which hiredis packs slowly.
+            self._store_results = Script(source)
+            self._store_results_in_pipeline = self._redis.client.register_script(source)
             # Every result key is this prefix and the task id: Celery's get_key_for_task, without its per-call work.
             self._key_prefix: bytes = ensure_bytes(self._redis.get_key_for_task("-"))[:-1]
         # orjson for JSON records (same decoded value, a fraction of the time); else the backend's encoder,
@@ -200,10 +203,10 @@ class ResultWriter:
             *payloads,
         ]
         if self._wait is None:
-            stored = self._store_results(keys=keys, args=args, client=backend.client)
+            stored = self._store_results.run_on(backend.client, keys, args)
         else:
             with backend.client.pipeline(transaction=False) as pipe:
-                self._store_results(keys=keys, args=args, client=pipe)
+                self._store_results_in_pipeline(keys=keys, args=args, client=pipe)
                 self._wait.append_to(pipe)  # one WAIT per batch: acked only once a replica has the results
                 stored, confirmed = pipe.execute()
             self._wait.check(confirmed, f"{self.task_name}: storing {len(encoded)} result(s)")
