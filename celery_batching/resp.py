@@ -16,6 +16,10 @@ from typing import Any
 import redis
 
 Arg = str | bytes | int
+# redis-py before 5.3 must be told which command a pooled connection is for; later ones warn when told.
+_CHECKOUT_ARGS: tuple[str, ...] = (
+    () if tuple(int(part) for part in redis.__version__.split(".")[:2]) >= (5, 3) else ("EVALSHA",)
+)
 
 
 def pack_command(*args: Arg) -> bytes:
@@ -49,7 +53,7 @@ class Script:
     def run_on(self, client: redis.Redis, keys: Sequence[Arg], args: Sequence[Arg]) -> Any:
         """Its answer on a connection of ``client``'s pool; one whose use raised is dropped."""
         pool = client.connection_pool
-        connection: Any = pool.get_connection()  # redis-py connections are untyped there
+        connection: Any = pool.get_connection(*_CHECKOUT_ARGS)  # redis-py connections are untyped there
         try:
             return self.run(connection, keys, args)
         except BaseException:
