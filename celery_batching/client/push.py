@@ -127,9 +127,15 @@ class Pusher:
         too few replicas confirmed it (not retried: it is on the queue).
         """
         lists = queue_lists(queue, self._options)
-        call = _Call(task_name, queue, task_ids, bound, len(payloads))
-        call.keys = [self._prefix + SENT_MARKER_PREFIX + task_ids[0], *lists]
-        call.args = [len(lists), bound, len(payloads), *payloads]
+        call = _Call(
+            task_name,
+            queue,
+            task_ids,
+            bound,
+            len(payloads),
+            keys=[self._prefix + SENT_MARKER_PREFIX + task_ids[0], *lists],
+            args=[len(lists), bound, len(payloads), *payloads],
+        )
         self._join_line(call)
         if call.outcome is None:  # first in line: it carries the line
             self._carry_line()
@@ -276,14 +282,24 @@ class _Call:
 
     __slots__ = ("args", "bound", "count", "keys", "outcome", "queue", "taken", "task_ids", "task_name", "turn")
 
-    def __init__(self, task_name: str, queue: str, task_ids: Sequence[str], bound: int, count: int) -> None:
+    def __init__(
+        self,
+        task_name: str,
+        queue: str,
+        task_ids: Sequence[str],
+        bound: int,
+        count: int,
+        keys: list[str],
+        args: list[str | bytes | int],
+    ) -> None:
         self.task_name = task_name
         self.queue = queue
         self.task_ids = task_ids
         self.bound = bound
         self.count = count
-        self.keys: list[str] = []
-        self.args: list[str | bytes | int] = []
+        # Its share of the script's KEYS and ARGV (see lua/push.lua).
+        self.keys = keys
+        self.args = args
         # (status, depth, replicas confirmed), or what its round trip raised; None until carried.
         self.outcome: tuple[int, int, int] | BaseException | None = None
         self.taken = False  # by a round trip: it is no longer the waiting thread's to take out of line
