@@ -57,6 +57,19 @@ def test_rows_of_floats_are_written_as_their_tolist_whatever_the_values(dtype):
     assert stored(rows) == [row.tolist() for row in batch]
 
 
+def test_a_batch_is_checked_once_not_row_by_row(monkeypatch):
+    batch = np.arange(12.0).reshape(4, 3)
+    rows = fastjson.vouched_rows(batch)
+    assert rows is not None and all(isinstance(row, np.ndarray) for row in rows)
+    monkeypatch.setattr(fastjson, "writes_as_tolist", lambda value: pytest.fail("a vouched row checked again"))
+    assert [json.loads(fastjson.dumps(row)) for row in rows] == batch.tolist()
+    assert [plain_value(row) for row in rows] == batch.tolist()  # user code sees plain lists
+    monkeypatch.undo()
+    assert fastjson.vouched_rows(np.array([[1.0, np.nan]])) is None  # kombu writes NaN: never vouched
+    assert fastjson.vouched_rows(np.zeros((2, 2), dtype=np.float32)) is None  # float32's own shortest form
+    assert fastjson.vouched_rows(np.zeros((2, 4))[:, ::2]) is None  # not contiguous
+
+
 def test_non_finite_floats_are_written_as_kombu_writes_them():
     batch = np.array([[np.nan, 1.0], [np.inf, -np.inf]], dtype=np.float32)
     rows = as_rows(batch)

@@ -222,6 +222,17 @@ def test_fast_encoder_means_what_kombu_writes(value: Any) -> None:
     assert _outcome(fastjson.dumps, value) == _outcome(kombu_dumps, _as_stored(value))
 
 
+@pytest.mark.parametrize("value", VALUES, ids=lambda v: type(v).__name__)
+def test_a_record_checked_only_at_its_user_value_means_what_kombu_writes(value: Any) -> None:
+    # Given a result record whose writer vouches for all but its result, then the result is still
+    # checked as a whole value is: kombu reads what it would have written (or both refuse).
+    def record(result: Any) -> dict[str, Any]:
+        return {"status": "SUCCESS", "result": result, "traceback": None, "children": [], "task_id": "t"}
+
+    vouched = _outcome(lambda v: fastjson.dumps_vouched(record(v), (v,)), value)
+    assert vouched == _outcome(kombu_dumps, record(_as_stored(value)))
+
+
 def test_plain_vectors_take_the_fast_path() -> None:
     # Given a result record of floats, then orjson writes it (bytes), not kombu (str).
     assert isinstance(fastjson.dumps({"result": VECTOR, "traceback": None}), bytes)

@@ -58,7 +58,7 @@ def _numpy_rows(value: Any) -> list[Any] | None:
         array = array.astype(numpy.float64)  # what tolist() makes of any float width
     array = numpy.ascontiguousarray(array)
     # Refused: non-finite floats (kombu's JSON writes NaN, orjson null), complex, strings, objects.
-    return list(array) if fastjson.writes_as_tolist(array) else None
+    return fastjson.vouched_rows(array)
 
 
 def plain_value(value: Any) -> Any:

@@ -88,7 +88,6 @@ class ResultWriter:
         # orjson for JSON records (same decoded value, a fraction of the time); else the backend's encoder,
         # which is given numpy rows as the lists their tolist() gives.
         self._fast_json = fastjson.serves_backend(self.backend)
-        self._encode_meta = fastjson.dumps if self._fast_json else self.backend.encode
         # With batching_wait_replicas: a batch counts as stored (and is acked) once replicas have it.
         self._wait = replica_wait(app) if self._redis is not None else None
         # JSON records can be joined into one array per reply channel; other serializers' cannot.
@@ -134,13 +133,22 @@ class ResultWriter:
     def _encode(self, result: TaskResult, date_done: str) -> tuple[TaskResult, str | bytes]:
         # The JSON serializer gives str, binary ones bytes (celery-types says bytes).
         try:
-            return result, self._encode_meta(self._meta(result, date_done))
+            return result, self._encode_record(result, date_done)
         except Exception as exc:  # noqa: BLE001 - any encoder error means "not serializable"
             error = ResultNotSerializable(
                 self.task_name, type(result.value).__name__, self.serializer, f"{type(exc).__name__}: {exc}"
             )
             failed = replace(result, state=states.FAILURE, value=error)
-            return failed, self._encode_meta(self._meta(failed, date_done))
+            return failed, self._encode_record(failed, date_done)
+
+    def _encode_record(self, result: TaskResult, date_done: str) -> str | bytes:
+        meta = self._meta(result, date_done)
+        if not self._fast_json:
+            return self.backend.encode(meta)
+        if result.request is not None:  # the backend's extended record: args, kwargs and name are checked too
+            return fastjson.dumps(meta)
+        # Our own record: status, traceback, children, date_done and task_id are str, None or [] made here.
+        return fastjson.dumps_vouched(meta, (meta["result"], result.group_id, result.parent_id))
 
     def _meta(self, result: TaskResult, date_done: str) -> dict[str, Any]:
         value = result.value if self._fast_json else plain_value(result.value)
