@@ -70,6 +70,16 @@ def test_a_batch_is_checked_once_not_row_by_row(monkeypatch):
     assert fastjson.vouched_rows(np.zeros((2, 4))[:, ::2]) is None  # not contiguous
 
 
+@pytest.mark.parametrize("buffer", [np.zeros((3, 4)), np.zeros((3, 4), np.int64), torch.zeros(3, 4, dtype=torch.int64)])
+def test_rows_keep_their_values_when_the_model_reuses_its_output_buffer(buffer):
+    # Given a model that writes every output into one buffer (rows are stored while the next batch runs),
+    # then the rows of a batch are what it returned, not what it wrote next.
+    buffer[:] = 1
+    rows = as_rows(buffer)
+    buffer[:] = 2
+    assert stored(rows) == [[1] * 4] * 3
+
+
 def test_non_finite_floats_are_written_as_kombu_writes_them():
     batch = np.array([[np.nan, 1.0], [np.inf, -np.inf]], dtype=np.float32)
     rows = as_rows(batch)

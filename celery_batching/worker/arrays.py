@@ -54,9 +54,9 @@ def _numpy_rows(value: Any) -> list[Any] | None:
         array = value if isinstance(value, numpy.ndarray) else value.detach().cpu().numpy()
     except (AttributeError, TypeError, RuntimeError):  # not torch, or a dtype numpy lacks (bfloat16)
         return None
-    if array.dtype.kind == "f":
-        array = array.astype(numpy.float64)  # what tolist() makes of any float width
-    array = numpy.ascontiguousarray(array)
+    # A C-contiguous copy, float64 for any float width (what tolist() makes of it). A copy, since rows are
+    # stored while the next batch runs: a model may reuse the memory of its output for the next one.
+    array = numpy.array(array, dtype=numpy.float64 if array.dtype.kind == "f" else None, order="C")
     # Refused: non-finite floats (kombu's JSON writes NaN, orjson null), complex, strings, objects.
     return fastjson.vouched_rows(array)
 
