@@ -142,15 +142,11 @@ class ResultWriter:
             return failed, self._encode_record(failed, date_done)
 
     def _encode_record(self, result: TaskResult, date_done: str) -> str | bytes:
-        meta = self._meta(result, date_done)
-        if not self._fast_json:
-            return self.backend.encode(meta)
-        if result.request is not None:  # the backend's extended record: args, kwargs and name are checked too
-            return fastjson.dumps(meta)
-        # Our own record: status, traceback, children, date_done and task_id are str, None or [] made here.
-        return fastjson.dumps_vouched(meta, (meta["result"], result.group_id, result.parent_id))
+        meta, unvouched = self._meta(result, date_done)
+        return fastjson.dumps_vouched(meta, unvouched) if self._fast_json else self.backend.encode(meta)
 
-    def _meta(self, result: TaskResult, date_done: str) -> dict[str, Any]:
+    def _meta(self, result: TaskResult, date_done: str) -> tuple[dict[str, Any], tuple[Any, ...]]:
+        """The record to store, and the values in it the fast codec must check (the rest is made here)."""
         value = result.value if self._fast_json else plain_value(result.value)
         traceback = None
         if isinstance(value, BaseException):
@@ -158,12 +154,14 @@ class ResultWriter:
             # Celery prepares any BaseException (a task's SystemExit too); celery-types says Exception.
             value = self.backend.prepare_exception(value, self.serializer)  # type: ignore[arg-type]
         if result.request is not None:
-            # The backend's own record of a task, extended fields included (not in celery-types' stubs).
+            # The backend's own record of a task, extended fields included (not in celery-types' stubs):
+            # args, kwargs and name are the caller's, so all of it is checked.
             extended: dict[str, Any] = self.backend._get_result_meta(  # type: ignore[attr-defined]
                 value, result.state, traceback, result.request
             )
             extended["task_id"] = result.task_id
-            return extended
+            return extended, (extended,)
+        # Status, traceback, children, date_done and task_id are str, None or [] made here.
         meta: dict[str, Any] = {
             "status": result.state,
             "result": value,
@@ -176,7 +174,7 @@ class ResultWriter:
             meta["group_id"] = result.group_id
         if result.parent_id:
             meta["parent_id"] = result.parent_id
-        return meta
+        return meta, (value, result.group_id, result.parent_id)
 
     def _write_redis(self, backend: RedisBackend, encoded: list[tuple[TaskResult, str | bytes]]) -> set[str]:
         """One script call for the batch; returns the ids of results refused (a final one was there)."""
