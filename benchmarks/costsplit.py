@@ -4,12 +4,13 @@ The end-to-end benchmark gives CPU per process; this splits it by stage, in one
 process against a private redis-server, using the library's own pieces on the
 path a batched task takes: client send (``delay``: envelope and push), worker
 claim (the claim script and the acknowledgement), worker decode of the claimed
-payloads, result encode, result write (the batch's script call), client receive
+payloads, result encode, result write (the batch's round trip), client receive
 (the reply listener's decode), and redis-server's own CPU over the whole.
 Each stage is timed alone, so nothing here touches the hot path of a real
-worker. Run for noop (echo) and gpufast (384 floats per sample), before
-(kombu's JSON, one reply message per task) and after (orjson, one reply message
-per batch), side by side.
+worker. Run for noop (echo) and gpufast (384 floats per sample), side by side:
+kombu's JSON with one reply message per task; orjson with one reply message
+per batch, written by the store script; and the same written with plain
+commands (the path a batch in time takes).
 """
 
 from __future__ import annotations
@@ -24,7 +25,15 @@ from typing import Any
 
 # Stages reported, in the order a sample meets them.
 STAGES = ("client send", "worker claim", "worker decode", "result encode", "result write", "client receive", "redis")
+# Part of the redis stage: redis-server's CPU while the results were written (read from INFO around each write).
+WRITE_IN_REDIS = "redis, of it the write"
 BATCH = 64
+# (label, orjson and one reply per batch, written by the store script), in the order of the levers.
+CONFIGURATIONS = (
+    ("kombu JSON, one reply per task", False, False),
+    ("orjson, one reply per batch, store script", True, True),
+    ("orjson, one reply per batch, plain commands", True, False),
+)
 
 
 def _redis_cpu(client: Any) -> float:
@@ -37,7 +46,7 @@ def _echo(batch: list[Any]) -> list[Any]:
     return batch
 
 
-def _measure(url: str, model: str, fast: bool, batches: int) -> dict[str, float]:
+def _measure(url: str, model: str, fast: bool, batches: int, scripted: bool = False) -> dict[str, float]:
     import numpy
     from celery import Celery
 
@@ -60,7 +69,7 @@ def _measure(url: str, model: str, fast: bool, batches: int) -> dict[str, float]
     listener.subscribe(channel)
     listener.get_message(timeout=1)
     decode_reply = fastjson.loads if fast else app.backend.decode
-    spent = dict.fromkeys(STAGES, 0.0)
+    spent = dict.fromkeys((*STAGES, WRITE_IN_REDIS), 0.0)
     redis_before = _redis_cpu(results)
     for b in range(batches):
         samples = list(range(b * BATCH, (b + 1) * BATCH))
@@ -83,9 +92,13 @@ def _measure(url: str, model: str, fast: bool, batches: int) -> dict[str, float]
             for m, row in zip(messages, rows)
         ]
         spent["result encode"] += time.process_time() - start
+        store = writer._redis_store
+        assert store is not None
+        redis_at_write = _redis_cpu(results)
         start = time.process_time()
-        writer._write_redis(writer.backend, encoded)
+        store._write_scripted(encoded) if scripted else store.write(encoded)
         spent["result write"] += time.process_time() - start
+        spent[WRITE_IN_REDIS] += _redis_cpu(results) - redis_at_write
         got = 0
         while got < BATCH:
             message = listener.get_message(timeout=5)
@@ -111,22 +124,22 @@ def table(models: list[str], batches: int) -> str:
         try:
             rows = []
             for model in models:
-                for fast in (False, True):
-                    _measure(server.url, model, fast, 3)  # warm-up: imports, script loads, connections
-                    rows.append((model, fast, _measure(server.url, model, fast, batches)))
+                for label, fast, scripted in CONFIGURATIONS:
+                    _measure(server.url, model, fast, 3, scripted)  # warm-up: imports, script loads, connections
+                    rows.append((model, label, _measure(server.url, model, fast, batches, scripted)))
         finally:
             server.stop()
     lines = [
         f"µs of CPU per sample (process CPU, all threads), batch {BATCH}, {batches} batches, "
         f"{os.cpu_count()} CPUs (a shared machine: noisy).",
         "",
-        "| model | codec / replies | " + " | ".join(STAGES) + " | total |",
-        "|---|---|" + "---|" * (len(STAGES) + 1),
+        "| model | codec / replies | " + " | ".join(STAGES) + f" | total | {WRITE_IN_REDIS} |",
+        "|---|---|" + "---|" * (len(STAGES) + 2),
     ]
-    for model, fast, split in rows:
-        label = "orjson, one reply per batch" if fast else "kombu JSON, one reply per task"
+    for model, label, split in rows:
         cells = " | ".join(f"{split[s]:.1f}" for s in STAGES)
-        lines.append(f"| {model} | {label} | {cells} | {sum(split.values()):.1f} |")
+        total = sum(split[s] for s in STAGES)
+        lines.append(f"| {model} | {label} | {cells} | {total:.1f} | {split[WRITE_IN_REDIS]:.1f} |")
     return "\n".join(lines)
 
 

@@ -1,4 +1,4 @@
-"""A script call written to Redis as one buffer of our own packing.
+"""Script calls and pipelined commands written to Redis as one buffer of our own packing.
 
 redis-py packs a command with hiredis when hiredis is installed, and hiredis's
 ``pack_command`` costs about 2 µs per KiB of arguments: a batch of 64
@@ -32,6 +32,16 @@ def pack_command(*args: Arg) -> bytes:
             arg = b"%d" % arg
         parts += (b"$%d\r\n" % len(arg), arg, b"\r\n")
     return b"".join(parts)
+
+
+def send_packed(connection: Any, packed: bytes, commands: int) -> list[Any]:
+    """The answers to the ``commands`` commands in ``packed``, sent as one buffer on a redis-py connection.
+
+    An error answer raises, with the answers after it unread: the caller must
+    drop the connection.
+    """
+    connection.send_packed_command([packed])
+    return [connection.read_response() for _ in range(commands)]
 
 
 class Script:

@@ -9,11 +9,15 @@ handlers, counted as duplicates).
 from __future__ import annotations
 
 import json
+import re
+import socket
 import time
 
 import pytest
+import redis
 from celery import Celery, states
 
+from celery_batching.worker.redis_store import IN_FLIGHT_LIMIT_SECONDS, LATE_MARGIN_SECONDS
 from celery_batching.worker.results import ResultWriter, TaskResult
 
 
@@ -132,3 +136,99 @@ def test_results_past_the_batchs_late_after_are_stored_once(redis_app):
     # and the sender's channel hears the stored results only, still as one array
     [(_, replies)] = heard(pubsub, 1)
     assert [meta["result"] for meta in replies] == ["fresh", "fresh too"]
+
+
+# -- plain commands or the store script ----------------------------------------
+
+
+def script_calls(app) -> int:
+    return int(app.backend.client.info("commandstats").get("cmdstat_evalsha", {}).get("calls", 0))
+
+
+def written(app, results, channels):
+    """Write ``results``; returns what was stored (less ids and dates), each key's TTL and what each channel heard.
+
+    Each channel is to hear one message: a batch channel its one array, a single-reply channel its one result.
+    """
+    pubsub = listen(app, *channels)
+    ResultWriter(app, "t").write(results)
+    keys = [app.backend.get_key_for_task(r.task_id) for r in results]
+    records = [
+        {k: v for k, v in json.loads(app.backend.client.get(key)).items() if k not in ("task_id", "date_done")}
+        for key in keys
+    ]
+    ttls = [app.backend.client.ttl(key) > 0 for key in keys]
+    by_position = {channel: position for position, channel in enumerate(channels)}
+    messages = sorted((by_position[channel], str(data)) for channel, data in heard(pubsub, len(channels)))
+    pubsub.close()
+    return records, ttls, [(position, _without_ids(data)) for position, data in messages]
+
+
+def _without_ids(text: str) -> str:
+    return re.sub(r"'(task_id|date_done)': '[^']*'", "", text)
+
+
+@pytest.mark.parametrize("expires", [3600, None])
+def test_a_batch_in_time_takes_plain_commands_and_stores_and_announces_what_the_script_does(redis_server, expires):
+    # Given an app whose results expire (or do not), and two like batches: one written just after its claim,
+    # one close enough to its visibility timeout that Redis must check for a result stored elsewhere
+    app = Celery("plain", broker=redis_server.url(0), backend=redis_server.url(1))
+    app.conf.result_expires = expires
+
+    def batch(tag: str, late_after: float) -> tuple[list[TaskResult], list[str]]:
+        channels = [f"celery-batching-reply-b-{tag}", f"celery-batching-reply-s-{tag}"]
+        values = [[1.5, 2], {"a": "é"}, None]  # the first and the last to the batch channel
+        results = [
+            TaskResult(f"{tag}-{i}", states.SUCCESS, value, late_after=late_after, reply_channel=channels[i % 2])
+            for i, value in enumerate(values)
+        ]
+        keys = [app.backend.get_key_for_task(r.task_id).decode() for r in results]
+        return results, [*channels, *keys]
+
+    now = time.time()
+    before = script_calls(app)
+    in_time = written(app, *batch("in-time", now + 3600))
+    plain_scripts = script_calls(app) - before
+    near = written(app, *batch("near", now + LATE_MARGIN_SECONDS / 2))
+    # Then the first went without the script, the second through it, and both came out the same
+    assert (plain_scripts, script_calls(app) - before) == (0, 1)
+    assert in_time == near
+    assert in_time[1] == [expires is not None] * 3
+    app.close()
+
+
+def test_a_store_once_result_takes_the_script(redis_app):
+    before = script_calls(redis_app)
+    ResultWriter(redis_app, "t").write(
+        [TaskResult("once-1", states.SUCCESS, 1), TaskResult("once-2", states.SUCCESS, 2, store_once=True)]
+    )
+    assert script_calls(redis_app) - before == 1
+    assert redis_app.AsyncResult("once-2").get(timeout=5) == 2
+
+
+def test_plain_writes_go_on_a_connection_that_drops_what_the_network_holds_too_long(redis_app):
+    writer = ResultWriter(redis_app, "t")
+    writer.write([TaskResult("bounded-1", states.SUCCESS, 1)])
+    sock = writer._redis_store._link._connection._sock
+    assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT) == IN_FLIGHT_LIMIT_SECONDS * 1000
+
+
+def test_a_batch_redis_refuses_is_neither_stored_nor_announced_and_the_writer_recovers(redis_app, redis_server):
+    # Given a Redis out of memory, and a client listening on a batch's reply channel
+    writer = ResultWriter(redis_app, "t")
+    channel = "celery-batching-reply-b-oom"
+    pubsub = listen(redis_app, channel)
+    admin = redis_server.client(0)
+    admin.config_set("maxmemory", 1)
+    try:
+        # When a batch in time is written, Then the write raises, and nothing of it is stored or announced
+        with pytest.raises(redis.exceptions.OutOfMemoryError):
+            writer.write([TaskResult(f"oom-{i}", states.SUCCESS, i, reply_channel=channel) for i in range(3)])
+    finally:
+        admin.config_set("maxmemory", 0)
+    assert redis_app.backend.client.exists(*(redis_app.backend.get_key_for_task(f"oom-{i}") for i in range(3))) == 0
+    redis_app.backend.client.publish(channel, json.dumps({"marker": True}))
+    assert heard(pubsub, 1) == [(channel, {"marker": True})]
+    # And once Redis has room, the same writer stores the batch
+    writer.write([TaskResult(f"oom-{i}", states.SUCCESS, i, reply_channel=channel) for i in range(3)])
+    assert [redis_app.AsyncResult(f"oom-{i}").get(timeout=5) for i in range(3)] == [0, 1, 2]

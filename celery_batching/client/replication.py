@@ -30,8 +30,11 @@ class ReplicaWait:
     replicas: int
     timeout_ms: int
 
+    def command(self) -> tuple[str, int, int]:
+        return ("WAIT", self.replicas, self.timeout_ms)
+
     def append_to(self, pipe: Any) -> None:
-        pipe.execute_command("WAIT", self.replicas, self.timeout_ms)
+        pipe.execute_command(*self.command())
 
     def check(self, confirmed: int, what: str) -> None:
         if int(confirmed) < self.replicas:

@@ -1,12 +1,12 @@
-"""Per-task results into Celery's result backend, one pipeline per batch.
+"""Per-task results into Celery's result backend, one round trip per batch.
 
 Each task gets exactly the record Celery's own worker would write (same key,
 same fields, same serializer) and the same pub/sub notification, so
 ``AsyncResult.get()``, ``.state`` and ``.ready()`` work unchanged; the
 notification also goes to the sender's reply channel when it named one. With the
-Redis backend the whole batch is one script call (``lua/store_results.lua``),
-which decides in Redis, as it runs, whether a late result may still be
-stored; any other backend gets Celery's own per-task ``store_result``.
+Redis backend the whole batch is one round trip
+(:mod:`~celery_batching.worker.redis_store`, which also guards late results);
+any other backend gets Celery's own per-task ``store_result``.
 """
 
 from __future__ import annotations
@@ -15,19 +15,15 @@ import time
 import traceback as tb_module
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from importlib import resources
 from typing import Any
 
 from celery import Celery, states
 from celery.backends.redis import RedisBackend
-from kombu.utils.encoding import ensure_bytes
 
 from .. import fastjson
-from ..client.replication import replica_wait
 from ..errors import ResultNotSerializable
-from ..protocol import takes_batches
-from ..resp import Script
 from .arrays import plain_value
+from .redis_store import RedisResultStore
 
 
 @dataclass(slots=True)
@@ -76,22 +72,12 @@ class ResultWriter:
         # Backend.__init__ sets both; celery-types leaves them out of Backend.
         self.serializer: str = self.backend.serializer  # type: ignore[attr-defined]
         self.expires: float | None = self.backend.expires  # type: ignore[attr-defined]
-        #: The backend when it is Redis: then a batch is one script call.
+        #: The backend when it is Redis: then a batch is one round trip.
         self._redis = self.backend if isinstance(self.backend, RedisBackend) else None
-        if self._redis is not None:
-            source = resources.files(__package__).joinpath("lua").joinpath("store_results.lua").read_text()
-            # Packed by us: a batch of vectors is a megabyte of arguments, which hiredis packs slowly.
-            self._store_results = Script(source)
-            self._store_results_in_pipeline = self._redis.client.register_script(source)
-            # Every result key is this prefix and the task id: Celery's get_key_for_task, without its per-call work.
-            self._key_prefix: bytes = ensure_bytes(self._redis.get_key_for_task("-"))[:-1]
+        self._redis_store = RedisResultStore(app, self._redis, task_name) if self._redis is not None else None
         # orjson for JSON records (same decoded value, a fraction of the time); else the backend's encoder,
         # which is given numpy rows as the lists their tolist() gives.
         self._fast_json = fastjson.serves_backend(self.backend)
-        # With batching_wait_replicas: a batch counts as stored (and is acked) once replicas have it.
-        self._wait = replica_wait(app) if self._redis is not None else None
-        # JSON records can be joined into one array per reply channel; other serializers' cannot.
-        self._joinable = self.serializer == "json"
 
     def write(self, results: Sequence[TaskResult]) -> list[TaskResult]:
         """Store every result not ignored; returns them as stored.
@@ -110,8 +96,8 @@ class ResultWriter:
             final.append(result)
             if not result.ignore_result:
                 encoded.append((result, payload))
-        if self._redis is not None:
-            refused = self._write_redis(self._redis, encoded)
+        if self._redis_store is not None:
+            refused = self._redis_store.write(encoded)
         else:
             refused = {result.task_id for result, _ in encoded if not self._write_generic(result)}
         if refused:
@@ -176,48 +162,6 @@ class ResultWriter:
             meta["parent_id"] = result.parent_id
         return meta, (value, result.group_id, result.parent_id)
 
-    def _write_redis(self, backend: RedisBackend, encoded: list[tuple[TaskResult, str | bytes]]) -> set[str]:
-        """One script call for the batch; returns the ids of results refused (a final one was there)."""
-        if not encoded:
-            return set()
-        keys: list[bytes] = []
-        payloads: list[str | bytes] = []
-        once = []
-        channel_numbers: list[str] = []
-        numbers: dict[str, int] = {}  # reply channel -> its number in the script's list (from 1)
-        replies: dict[str, list[str | bytes]] = {}  # reply channel -> its payloads, in order
-        late_after = min((r.late_after for r, _ in encoded if r.late_after is not None), default=None)
-        for result, payload in encoded:
-            keys.append(self._key_prefix + result.task_id.encode())
-            payloads.append(payload)
-            once.append("1" if result.store_once else "0")
-            channel = result.reply_channel
-            if channel:
-                channel_numbers.append(str(numbers.setdefault(channel, len(numbers) + 1)))
-                replies.setdefault(channel, []).append(payload)
-            else:
-                channel_numbers.append("0")
-        joinable = [self._joinable and takes_batches(channel) for channel in numbers]
-        args: list[str | bytes | int] = [
-            int(self.expires) if self.expires else 0,
-            "" if late_after is None else repr(late_after),
-            "".join(once),
-            ",".join(channel_numbers),
-            "".join("1" if joins else "0" for joins in joinable),
-            *numbers,
-            *(_joined(replies[channel]) if joins else b"" for channel, joins in zip(numbers, joinable)),
-            *payloads,
-        ]
-        if self._wait is None:
-            stored = self._store_results.run_on(backend.client, keys, args)
-        else:
-            with backend.client.pipeline(transaction=False) as pipe:
-                self._store_results_in_pipeline(keys=keys, args=args, client=pipe)
-                self._wait.append_to(pipe)  # one WAIT per batch: acked only once a replica has the results
-                stored, confirmed = pipe.execute()
-            self._wait.check(confirmed, f"{self.task_name}: storing {len(encoded)} result(s)")
-        return {result.task_id for (result, _), kept in zip(encoded, stored) if not kept}
-
     def _write_generic(self, result: TaskResult) -> bool:
         """Celery's own store; a store-once result is refused (``False``) when a final one is there.
 
@@ -232,9 +176,3 @@ class ResultWriter:
             result.task_id, plain_value(result.value), result.state, traceback=traceback, request=result.request
         )
         return True
-
-
-def _joined(payloads: list[str | bytes]) -> bytes:
-    """A channel's replies as the one message its listener reads: a JSON array (one reply: itself)."""
-    encoded = [payload if isinstance(payload, bytes) else payload.encode() for payload in payloads]
-    return encoded[0] if len(encoded) == 1 else b"[" + b",".join(encoded) + b"]"
