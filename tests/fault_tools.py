@@ -20,6 +20,8 @@ from typing import Any, TypeVar
 
 import redis
 
+from celery_batching.worker.claim import SKIPLIST_MEMBER
+
 # Result keys of Celery's Redis backend; also the pub/sub channels results are announced on.
 RESULT_PREFIX = "celery-task-meta-"
 
@@ -81,6 +83,12 @@ class Records:
         return Counter(sample for entry in self.calls(task) for sample in entry["batch"])
 
 
+def index_entries(client: redis.Redis, key: str) -> dict[str, float]:
+    """Delivery tag -> claim time in a claim index (kombu's or a queue's own), less its skiplist member."""
+    entries = client.zrange(key, 0, -1, withscores=True)
+    return {tag.decode(): score for tag, score in entries if tag.decode() != SKIPLIST_MEMBER}
+
+
 class Broker:
     """Reads kombu's bookkeeping for one queue straight from Redis (under kombu's ``global_keyprefix``)."""
 
@@ -112,12 +120,10 @@ class Broker:
         return {tag.decode(): json.loads(raw)[0] for tag, raw in self.client.hgetall(self.unacked_key).items()}
 
     def unacked_index(self) -> dict[str, float]:
-        entries = self.client.zrange(self.unacked_index_key, 0, -1, withscores=True)
-        return {tag.decode(): score for tag, score in entries}
+        return index_entries(self.client, self.unacked_index_key)
 
     def claimed_index(self) -> dict[str, float]:
-        entries = self.client.zrange(self.claimed_index_key, 0, -1, withscores=True)
-        return {tag.decode(): score for tag, score in entries}
+        return index_entries(self.client, self.claimed_index_key)
 
     def queued_samples(self) -> list[Any]:
         return [sample_of(message) for message in self.queued()]

@@ -19,7 +19,8 @@ import pytest
 from celery import Celery
 
 from celery_batching import batched
-from celery_batching.worker.claim import RedisQueue
+from celery_batching.worker.claim import SKIPLIST_MEMBER, RedisQueue
+from tests.fault_tools import index_entries
 
 QUEUE = "claimed.q"
 
@@ -85,11 +86,32 @@ def test_messages_sent_by_celery_and_by_the_fast_path_are_recorded_as_kombu_reco
         assert json.loads(record) == [envelope, delivery["exchange"], delivery["routing_key"]]
         assert record.startswith(b"[" + message.payload + b",")  # embedded verbatim
     assert sorted(m.payload for m in messages) == sorted(raw)
-    # Scored by the claim time in whole seconds, never before it (a restore is never early)
+    # Scored by the claim time, as kombu scores its own claims
     for index in ("unacked_index", f"{QUEUE}\x06\x16claimed"):
-        scores = dict(broker.zrange(index, 0, -1, withscores=True))
-        assert set(scores) == {m.tag.encode() for m in messages}
-        assert all(score == math.ceil(now) for score in scores.values())
+        scores = index_entries(broker, index)
+        assert set(scores) == {m.tag for m in messages}
+        assert all(score == now for score in scores.values())
+
+
+def test_the_claim_indexes_stay_skiplists_and_no_restore_takes_their_extra_member(app, broker):
+    # Given a message claimed so long ago that kombu's visibility timeout has passed
+    app.tasks["claim.echo"].delay(1)
+    queue = RedisQueue(broker, QUEUE)
+    [claimed] = queue.claim(10, time.time() - 10 * 3600).messages
+    # Then both indexes are skiplists (a listpack inserts in linear time), each with its extra member at +inf
+    for key in ("unacked_index", queue.claimed_index_key):
+        assert broker.object("encoding", key) == b"skiplist"
+        assert broker.zscore(key, SKIPLIST_MEMBER) == math.inf
+    # When kombu restores what is overdue, and the queue prunes after it
+    with app.connection_for_read() as connection:
+        connection.default_channel.qos.restore_visible(num=None)
+    queue.prune_claimed(3600)
+    # Then the message is back on its queue and out of both indexes, while the extra member stays
+    [restored] = broker.lrange(QUEUE, 0, -1)
+    assert json.loads(restored)["headers"]["id"] == json.loads(claimed.payload)["headers"]["id"]
+    for key in ("unacked_index", queue.claimed_index_key):
+        assert index_entries(broker, key) == {}
+        assert broker.zscore(key, SKIPLIST_MEMBER) == math.inf
 
 
 @pytest.mark.parametrize("routing_key", ["plain", 'with "quotes"', "tab\there", "ünïcode"])

@@ -15,6 +15,8 @@ timeout (which would make kombu restore it and run it twice).
 
 Each queue also keeps its own index of claimed tags beside kombu's shared
 one, so its claimed count is one ZCARD (:mod:`~celery_batching.worker.depth`).
+Both hold one more member, :data:`SKIPLIST_MEMBER`, scored +inf so that no
+restore takes it, which keeps them fast to insert into.
 """
 
 from __future__ import annotations
@@ -37,6 +39,9 @@ SCHEDULED_SUFFIX = "scheduled"
 SCHEDULED_MESSAGES_SUFFIX = "scheduled_messages"
 # Suffix of a queue's own index of claimed tags (kombu's unacked index holds every queue's).
 CLAIMED_SUFFIX = "claimed"
+# Kept at +inf in kombu's unacked index and the queue's claimed index: longer than Redis's
+# zset-max-listpack-value (64), it keeps them skiplists, where a listpack inserts a batch in quadratic time.
+SKIPLIST_MEMBER = "celery-batching: a member too long for a listpack keeps this index a skiplist"
 # Overdue claims (older than the visibility timeout) checked against kombu's
 # unacked hash per prune; bounds its cost when many are overdue at once.
 PRUNE_CHECKS = 1000
@@ -97,7 +102,7 @@ class RedisQueue:
     def claim(self, count: int, now: float | None = None) -> Claim:
         """Take up to ``count`` messages, due scheduled ones first, then highest priority first; never blocks."""
         now = time.time() if now is None else now
-        flat = self._claim(keys=[*self._bookkeeping, *self.list_keys], args=[max(count, 0), repr(now)])
+        flat = self._claim(keys=[*self._bookkeeping, *self.list_keys], args=[max(count, 0), repr(now), SKIPLIST_MEMBER])
         messages = [Claimed(tag.decode(), payload) for tag, payload in zip(flat[1::2], flat[2::2])]
         return Claim(messages, _score(flat[0]))
 

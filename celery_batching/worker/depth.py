@@ -18,7 +18,7 @@ from typing import Any
 from kombu.transport.redis import Channel as RedisChannel
 
 from ..protocol import SENT_AT_HEADER
-from .claim import RedisQueue, lua_script
+from .claim import SKIPLIST_MEMBER, RedisQueue, lua_script
 
 
 @dataclass(frozen=True)
@@ -50,7 +50,7 @@ class DepthReader:
         # One transaction: the claims kombu restored leave the claimed count as they join the waiting one.
         with self.queue.client.pipeline(transaction=True) as pipe:
             self.queue.prune_claimed(self.visibility_timeout, now, pipe)
-            self._read(keys=self._keys, client=pipe)
+            self._read(keys=self._keys, args=[SKIPLIST_MEMBER], client=pipe)
             _, reply = pipe.execute()
         claimed, scheduled, lists = int(reply[0]), int(reply[1]), reply[2:]
         sent = [sent_at(tail) for tail in lists[1::2] if tail]

@@ -8,8 +8,13 @@
 -- KEYS[1]   the queue's claimed index (zset: tag scored by claim time)
 -- KEYS[2]   the queue's scheduled index (zset: tag scored by ETA)
 -- KEYS[3..] the queue's lists, highest priority first
+-- ARGV[1]   the skiplist member of the claimed index (claim.lua), not a claim
 -- Returns claimed, scheduled, then length and tail ('' if empty) of each list.
-local depth = {redis.call('ZCARD', KEYS[1]), redis.call('ZCARD', KEYS[2])}
+local claimed = redis.call('ZCARD', KEYS[1])
+if redis.call('ZSCORE', KEYS[1], ARGV[1]) then
+    claimed = claimed - 1
+end
+local depth = {claimed, redis.call('ZCARD', KEYS[2])}
 for i = 3, #KEYS do
     depth[#depth + 1] = redis.call('LLEN', KEYS[i])
     depth[#depth + 1] = redis.call('LINDEX', KEYS[i], -1) or ''
