@@ -22,12 +22,12 @@ class Row:
     def spread(self, workload: str, figure: str) -> Spread:
         return Spread.of(getattr(rep[workload], figure) for rep in self.reps if workload in rep)
 
-    def cpu(self, part: str | None = None) -> float:
-        """Median CPU seconds per saturation request (all parts, or one)."""
+    def cpu(self, part: str | None = None, workload: str = "saturation") -> float:
+        """Median CPU seconds per request of ``workload`` (all parts, or one)."""
         values = [
-            rep["saturation"].cpu_total if part is None else rep["saturation"].cpu.get(part, math.nan)
+            rep[workload].cpu_total if part is None else rep[workload].cpu.get(part, math.nan)
             for rep in self.reps
-            if "saturation" in rep and rep["saturation"].cpu
+            if workload in rep and rep[workload].cpu
         ]
         return Spread.of(values).median
 
@@ -60,6 +60,15 @@ def _ms_digits(seconds: float) -> int:
     return 3 if seconds < 0.0001 else 2 if seconds < 0.01 else 1
 
 
+def _cpu_cell(row: Row, workload: str, scale: float, digits: int) -> str:
+    """``total (client / worker / redis)`` CPU per request of ``workload``, scaled from seconds."""
+    total = row.cpu(workload=workload)
+    if math.isnan(total):
+        return "–"
+    parts = " / ".join(_number(row.cpu(part, workload) * scale, digits) for part in CPU_PARTS)
+    return f"{_number(total * scale, digits)} ({parts})"
+
+
 def _ratio(value: float) -> str:
     return "–" if math.isnan(value) else f"{value:.1e}" if value < 0.01 else f"{value:.2f}"
 
@@ -72,7 +81,7 @@ def table(rows: Sequence[Row], workloads: Sequence[str]) -> str:
     if "saturation" in workloads:
         header += ["saturation samples/s", "× direct", "sat. p50 ms", "sat. p99 ms"]
     if "drain" in workloads:
-        header += ["drain samples/s", "× direct"]
+        header += ["drain samples/s", "× direct", "drain CPU µs/sample (client / worker / redis)"]
     if "light" in workloads:
         header += ["light p50 ms", "light p99 ms"]
     if "saturation" in workloads:
@@ -90,15 +99,13 @@ def table(rows: Sequence[Row], workloads: Sequence[str]) -> str:
                 throughput = row.spread(workload, "throughput")
                 mark = " †" if row.capped(workload) else ""
                 cells += [_cell(throughput) + mark, _ratio(throughput.median / base[workload])]
+            if workload == "drain":
+                cells.append(_cpu_cell(row, "drain", 1e6, 0))
             if workload in ("saturation", "light"):
                 p50, p99 = row.spread(workload, "p50"), row.spread(workload, "p99")
                 cells += [_cell(p50, 1000, _ms_digits(p50.median)), _cell(p99, 1000, _ms_digits(p99.median))]
         if "saturation" in workloads:
-            parts = " / ".join(_number(row.cpu(part) * 1000, 2) for part in CPU_PARTS)
-            cells += [
-                f"{_number(row.cpu() * 1000, 2)} ({parts})",
-                _number(row.spread("saturation", "mean_batch").median, 1),
-            ]
+            cells += [_cpu_cell(row, "saturation", 1000, 2), _number(row.spread("saturation", "mean_batch").median, 1)]
         if "http" in workloads:
             p50, p99 = row.spread("http", "p50"), row.spread("http", "p99")
             cells += [
@@ -125,6 +132,9 @@ the requests that ran. "failed" counts requests that raised or returned a wrong 
   handed to all at once; samples/s is measured by the model itself, from that hand-over to the end of
   its last `predict`: the worker side alone, without start-up skew. In-process systems have no
   workers to start: for them it is samples per `predict` cycle (first start to last start).
+* **drain CPU µs/sample**: CPU time of every process from the hand-over to the end of the last
+  `predict`, divided by the samples drained: the clients (receiving the replies), the workers and
+  redis-server. Steadier than samples/s on a shared machine, whose speed drifts between runs.
 * **light**: one request in flight; p50/p99 latency.
 * **CPU ms/req**: CPU time (user + system) of every process during the saturation workload, divided
   by its requests: the client processes, the worker processes (with their children), and redis-server.

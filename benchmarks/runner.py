@@ -275,11 +275,13 @@ class CaseRun:
                 {"cmd": "fill", "requests": share, "offset": self._indices(share), "seconds": self.sizes.seconds}
             )
         sent = sum(client.expect("fill", self.sizes.seconds + self.sizes.timeout + 60)["sent"] for client in clients)
-        released = None
+        released = cpu_at_release = None
         if self.case.system.external_workers:
-            released = self._start_workers_on_held_queue(sent)
+            released, cpu_at_release = self._start_workers_on_held_queue(sent)
         calls = self._wait_for_drain(since if released is None else released, sent)
         measurement = stats.from_calls(calls, released)
+        if cpu_at_release is not None:  # in-process systems: the model's cycles are not a drain's cost
+            measurement.cpu = stats.cpu_per_request(cpu_at_release, self.cpu(), measurement.requests)
         if measurement.requests < sent:  # stopped at the time limit: drop what is left
             measurement.capped = True
             self.stop_workers()
@@ -295,11 +297,12 @@ class CaseRun:
         measurement.capped = sent < count
         return measurement
 
-    def _start_workers_on_held_queue(self, sent: int) -> float:
+    def _start_workers_on_held_queue(self, sent: int) -> tuple[float, dict[str, dict[int, float]]]:
         """Start the workers with the filled queue out of their reach, hand it over once all are ready.
 
         Returns the wall-clock time of the hand-over, from which the drain is
-        measured: start-up skew between workers is then no part of it.
+        measured (start-up skew between workers is then no part of it), and
+        every process's CPU then.
         """
         if self.redis is None:
             raise HarnessError(f"{self.case.system.name} has workers but no Redis to hold its queue in")
@@ -310,11 +313,12 @@ class CaseRun:
                 raise HarnessError(f"only {queued} of {sent} drain requests were found in Redis lists")
             self.start_workers()
             self.wait_workers_ready()
+            cpu = self.cpu()
             released = time.time()
             held.release()
         finally:
             held.close()
-        return released
+        return released, cpu
 
     def _collect(self, clients: list[Client]) -> tuple[list[list], str | None]:
         """Every drain result, fetched and checked by the clients that sent them."""
