@@ -80,7 +80,7 @@ class RedisResultStore:
         """No result may be refused: none is store-once, and the batch is far from late."""
         if any(result.store_once for result, _ in encoded):
             return False
-        late_after = min((r.late_after for r, _ in encoded if r.late_after is not None), default=None)
+        late_after = _earliest_late_after(encoded)
         return late_after is None or time.time() + LATE_MARGIN_SECONDS < late_after
 
     def _write_plain(self, encoded: Sequence[tuple[Any, str | bytes]]) -> None:
@@ -122,7 +122,7 @@ class RedisResultStore:
         channel_numbers: list[str] = []
         numbers: dict[str, int] = {}  # reply channel -> its number in the script's list (from 1)
         replies: dict[str, list[str | bytes]] = {}  # reply channel -> its payloads, in order
-        late_after = min((r.late_after for r, _ in encoded if r.late_after is not None), default=None)
+        late_after = _earliest_late_after(encoded)
         for result, payload in encoded:
             keys.append(self._key_prefix + result.task_id.encode())
             payloads.append(payload)
@@ -193,6 +193,11 @@ class _BoundedLink:
 _MULTI = pack_command("MULTI")
 _EXEC = pack_command("EXEC")
 _PUBLISH_HEAD = b"*3\r\n$7\r\nPUBLISH\r\n"
+
+
+def _earliest_late_after(encoded: Sequence[tuple[Any, str | bytes]]) -> float | None:
+    """The batch's late_after: its earliest result's (past it, every result may have run elsewhere)."""
+    return min((r.late_after for r, _ in encoded if r.late_after is not None), default=None)
 
 
 def _bulk(arg: bytes) -> bytes:

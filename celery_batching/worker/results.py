@@ -69,9 +69,8 @@ class ResultWriter:
         self.backend = app.backend
         self.task_name = task_name
         self.app = app
-        # Backend.__init__ sets both; celery-types leaves them out of Backend.
+        # Backend.__init__ sets it; celery-types leaves it out of Backend.
         self.serializer: str = self.backend.serializer  # type: ignore[attr-defined]
-        self.expires: float | None = self.backend.expires  # type: ignore[attr-defined]
         #: The backend when it is Redis: then a batch is one round trip.
         self._redis = self.backend if isinstance(self.backend, RedisBackend) else None
         self._redis_store = RedisResultStore(app, self._redis, task_name) if self._redis is not None else None
