@@ -6,7 +6,7 @@ import hiredis
 import pytest
 import redis
 
-from celery_batching.resp import Script, pack_command
+from celery_batching.resp import READ_SIZE, Script, pack_command, pooled_connection, run_packed_on, send_packed
 
 ECHO_KEYS_AND_ARGS = "return {KEYS[1], ARGV[1], #ARGV}"
 
@@ -47,3 +47,26 @@ def test_a_script_error_is_raised_and_the_connection_stays_usable(redis_server):
     with pytest.raises(redis.ResponseError, match="boom"):
         Script("return redis.error_reply('boom')").run_on(client, [], [])
     assert client.ping()
+
+
+def test_packed_commands_get_every_answer_whole_in_order(redis_server):
+    client = redis_server.client(0)
+    big = bytes(range(256)) * (2 * READ_SIZE // 256 + 1)  # an answer longer than one read of the socket
+    packed = b"".join([pack_command("SET", "packed-big", big), pack_command("GET", "packed-big"), pack_command("PING")])
+    assert run_packed_on(client, packed, 3) == [b"OK", big, b"PONG"]
+
+
+def test_an_error_answer_raises_as_redis_py_would_once_every_answer_is_read(redis_server):
+    # Given a connection, and commands of which the second fails (a list command on a string)
+    client = redis_server.client(0)
+    client.set("packed-string", "x")
+    client.delete("packed-count")
+    with pooled_connection(client) as connection:
+        packed = b"".join(
+            [pack_command("INCR", "packed-count"), pack_command("LPUSH", "packed-string", "y"), pack_command("PING")]
+        )
+        # Then it raises redis-py's class for that error, after Redis ran the third
+        with pytest.raises(redis.ResponseError, match="WRONGTYPE"):
+            send_packed(connection, packed, 3)
+        # And the connection is in step: its next answer is its next command's
+        assert send_packed(connection, pack_command("GET", "packed-count"), 1) == [b"1"]

@@ -15,9 +15,12 @@ import time
 
 import pytest
 import redis
+import redis.sentinel
 from celery import Celery, states
 
-from celery_batching.worker.redis_store import IN_FLIGHT_LIMIT_SECONDS, LATE_MARGIN_SECONDS
+from celery_batching.resp import database, same_server
+from celery_batching.worker.claim import RedisQueue
+from celery_batching.worker.redis_store import IN_FLIGHT_LIMIT_SECONDS, LATE_MARGIN_SECONDS, Acknowledgement
 from celery_batching.worker.results import ResultWriter, TaskResult
 
 
@@ -232,3 +235,100 @@ def test_a_batch_redis_refuses_is_neither_stored_nor_announced_and_the_writer_re
     # And once Redis has room, the same writer stores the batch
     writer.write([TaskResult(f"oom-{i}", states.SUCCESS, i, reply_channel=channel) for i in range(3)])
     assert [redis_app.AsyncResult(f"oom-{i}").get(timeout=5) for i in range(3)] == [0, 1, 2]
+
+
+# -- the batch's acknowledgement with its results --------------------------------
+
+
+def claimed_tags(broker, queue, count):
+    """``count`` messages recorded as claimed, as the claim script records them (the values do not matter here)."""
+    tags = [f"tag-{i}" for i in range(count)]
+    broker.hset(queue.unacked_key, mapping={tag: "{}" for tag in tags})
+    for index in (queue.unacked_index_key, queue.claimed_index_key):
+        broker.zadd(index, dict.fromkeys(tags, time.time()))
+    return tags
+
+
+def still_claimed(broker, queue, tags):
+    return [
+        tag
+        for tag in tags
+        if broker.hexists(queue.unacked_key, tag)
+        or broker.zscore(queue.unacked_index_key, tag) is not None
+        or broker.zscore(queue.claimed_index_key, tag) is not None
+    ]
+
+
+@pytest.fixture
+def queue(redis_server):
+    broker = redis_server.client(0)
+    queue = RedisQueue(broker, "ack.q")
+    yield queue
+    broker.delete(queue.unacked_key, queue.unacked_index_key, queue.claimed_index_key)
+
+
+def test_an_acknowledgement_on_the_results_server_runs_in_their_transaction(redis_app, redis_server, queue):
+    # Given messages claimed in the broker's database, and a writer for another database on the same server
+    broker = redis_server.client(0)
+    tags = claimed_tags(broker, queue, 3)
+    writer = ResultWriter(redis_app, "t")
+    assert writer.takes_acks_of(queue.client)
+    # When a batch in time is written with their acknowledgement
+    ack = Acknowledgement(database(queue.client), queue.ack_commands(tags))
+    writer.write([TaskResult(f"acked-{i}", states.SUCCESS, i) for i in range(3)], ack)
+    # Then the results are stored and the messages acknowledged, in one round trip of the store
+    assert ack.done
+    assert [redis_app.AsyncResult(f"acked-{i}").get(timeout=5) for i in range(3)] == [0, 1, 2]
+    assert still_claimed(broker, queue, tags) == []
+    # And the store's connection is back on the results' database: the next batch is stored there
+    writer.write([TaskResult("after-1", states.SUCCESS, "here")])
+    assert redis_app.AsyncResult("after-1").get(timeout=5) == "here"
+    assert broker.exists(redis_app.backend.get_key_for_task("after-1")) == 0
+
+
+def test_an_acknowledgement_is_not_run_when_redis_refuses_its_results(redis_app, redis_server, queue):
+    broker = redis_server.client(0)
+    tags = claimed_tags(broker, queue, 2)
+    ack = Acknowledgement(database(queue.client), queue.ack_commands(tags))
+    redis_server.client(0).config_set("maxmemory", 1)
+    try:
+        with pytest.raises(redis.exceptions.OutOfMemoryError):
+            ResultWriter(redis_app, "t").write([TaskResult(f"refused-{i}", states.SUCCESS, i) for i in range(2)], ack)
+    finally:
+        redis_server.client(0).config_set("maxmemory", 0)
+    # The messages stay claimed, to be run again
+    assert not ack.done
+    assert still_claimed(broker, queue, tags) == tags
+
+
+def test_a_batch_through_the_store_script_leaves_its_acknowledgement_to_the_caller(redis_app, redis_server, queue):
+    broker = redis_server.client(0)
+    tags = claimed_tags(broker, queue, 1)
+    ack = Acknowledgement(database(queue.client), queue.ack_commands(tags))
+    ResultWriter(redis_app, "t").write([TaskResult("scripted-1", states.SUCCESS, 1, store_once=True)], ack)
+    assert not ack.done
+    assert still_claimed(broker, queue, tags) == tags
+    queue.ack(tags)
+    assert still_claimed(broker, queue, tags) == []
+
+
+def test_only_clients_of_one_server_count_as_the_same_server(redis_server):
+    same = redis.Redis.from_url(redis_server.url(5))
+    other_port = redis.Redis(host="127.0.0.1", port=redis_server.port + 1)
+    other_user = redis.Redis(host="127.0.0.1", port=redis_server.port, username="someone", password="secret")
+    sentinel = redis.Redis(
+        connection_pool=redis.sentinel.SentinelConnectionPool("mymaster", redis.sentinel.Sentinel([]))
+    )
+    base = redis_server.client(0)
+    assert [same_server(base, client) for client in (same, other_port, other_user, sentinel)] == [
+        True,
+        False,
+        False,
+        False,
+    ]
+
+
+def test_results_that_wait_for_replicas_take_no_acknowledgement(redis_app, queue):
+    # A batch is acknowledged only once replicas confirmed its results: after the transaction, never in it
+    redis_app.conf.batching_wait_replicas = 1
+    assert not ResultWriter(redis_app, "t").takes_acks_of(queue.client)

@@ -30,6 +30,7 @@ from typing import Any
 import redis
 
 from ..protocol import Claimed
+from ..resp import pack_command, run_packed_on
 
 # kombu's defaults for its Redis transport; overridable by broker_transport_options.
 DEFAULT_PRIORITY_STEPS = (0, 3, 6, 9)
@@ -45,6 +46,8 @@ SKIPLIST_MEMBER = "celery-batching: a member too long for a listpack keeps this 
 # Overdue claims (older than the visibility timeout) checked against kombu's
 # unacked hash per prune; bounds its cost when many are overdue at once.
 PRUNE_CHECKS = 1000
+#: How many commands acknowledging a batch takes (see RedisQueue.ack_commands).
+ACK_COMMANDS = 3
 
 
 def lua_script(name: str) -> str:
@@ -128,16 +131,18 @@ class RedisQueue:
             Scheduled(tag.decode(), eta, payload) for (tag, eta), payload in zip(index, payloads) if payload is not None
         ]
 
-    def ack(self, tags: list[str], pipe: redis.client.Pipeline | None = None) -> None:
+    def ack(self, tags: list[str]) -> None:
         """Forget ``tags`` for good: their results are stored."""
-        if not tags:
-            return
-        target = pipe if pipe is not None else self.client.pipeline(transaction=False)
-        target.zrem(self.unacked_index_key, *tags)
-        target.zrem(self.claimed_index_key, *tags)
-        target.hdel(self.unacked_key, *tags)
-        if pipe is None:
-            target.execute()
+        if tags:
+            run_packed_on(self.client, b"".join(self.ack_commands(tags)), ACK_COMMANDS)
+
+    def ack_commands(self, tags: list[str]) -> list[bytes]:
+        """The :data:`ACK_COMMANDS` commands of :meth:`ack`, packed, for a transaction on this queue's database."""
+        return [
+            pack_command("ZREM", self.unacked_index_key, *tags),
+            pack_command("ZREM", self.claimed_index_key, *tags),
+            pack_command("HDEL", self.unacked_key, *tags),
+        ]
 
     def prune_claimed(self, visibility_timeout: float, now: float | None = None, pipe: Any = None) -> Any:
         """Forget claims kombu's restore took back (after a worker died); returns how many, or queues it on ``pipe``.

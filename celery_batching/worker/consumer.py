@@ -47,12 +47,14 @@ from ..engine.batcher import Batcher, BatchReport, Outcome, PredictFn, Request
 from ..engine.hooks import BatchHooks, call_hooks
 from ..engine.policy import FlushPolicy
 from ..protocol import Claimed, MessageDecoder, TaskMessage
+from ..resp import database
 from .arrays import plain_outputs, plain_value
 from .claim import RedisQueue
 from .events import TaskEvents
 from .held import HeldTasks
 from .limits import PredictLimits, time_limits
 from .outcomes import Settled, TaskTracer, Traced, new_trace
+from .redis_store import Acknowledgement
 from .results import ResultWriter, TaskResult
 from .watch import ArrivalWatch, own_connections
 
@@ -148,6 +150,9 @@ class BatchedQueueConsumer:
             fast_json=bool(app.conf.get(fastjson.FAST_JSON_SETTING, True)),
         )
         self.writer = ResultWriter(app, spec.task_name)
+        # Broker and results on one server: a batch's acknowledgement goes in the transaction of its results.
+        self._ack_with_results = self.writer.takes_acks_of(self.queue.client)
+        self._broker_database = database(self.queue.client)
         self.events = TaskEvents(app, hostname, send_events)
         task = spec.task if spec.task is not None else app.tasks[spec.task_name]
         soft, hard = time_limits(task, app)
@@ -447,9 +452,11 @@ class BatchedQueueConsumer:
             if id(message) in traced:
                 result.value = plain_value(result.value)  # signals and callbacks see what an ordinary task returns
         settled = self.tracer.settle(done.messages, done.results, traced) if traced else Settled(done.results)
-        stored = self._retry(lambda: self.writer.write(settled.results), "store results")
         acked = [m.claimed.tag for m in done.messages + done.duplicates]
-        self._retry(lambda: self.queue.ack(acked), "acknowledge")
+        ack = Acknowledgement(self._broker_database, self.queue.ack_commands(acked)) if self._ack_with_results else None
+        stored = self._retry(lambda: self.writer.write(settled.results, ack), "store results")
+        if ack is None or not ack.done:
+            self._retry(lambda: self.queue.ack(acked), "acknowledge")
         if traced:
             settled.results = stored
             self.tracer.finish(done.messages, settled, traced, done.runtime)

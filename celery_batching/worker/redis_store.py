@@ -28,6 +28,7 @@ from __future__ import annotations
 import socket
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
@@ -38,13 +39,28 @@ from kombu.utils.encoding import ensure_bytes
 
 from ..client.replication import replica_wait
 from ..protocol import takes_batches
-from ..resp import Script, pack_command, send_packed
+from ..resp import Script, database, pack_command, same_server, send_packed
 
 # Longest a write may stay unacknowledged in the network before its connection is dropped.
 IN_FLIGHT_LIMIT_SECONDS = 20.0
 # A batch sent this long before its late_after is written with plain commands: it arrives in time or
 # not at all (the in-flight limit, with room for clocks that disagree by tens of seconds).
 LATE_MARGIN_SECONDS = 3 * IN_FLIGHT_LIMIT_SECONDS
+
+
+@dataclass
+class Acknowledgement:
+    """Packed commands acknowledging a batch's messages, for the store to run with the batch's results.
+
+    Only for messages on the result backend's own server (see
+    :meth:`RedisResultStore.takes_acks_of`): it saves the batch a round trip,
+    and no message is acknowledged unless its result is stored. ``done`` says
+    whether it ran; if not, the caller acknowledges the messages itself.
+    """
+
+    database: int
+    commands: list[bytes]
+    done: bool = False
 
 
 class RedisResultStore:
@@ -65,13 +81,27 @@ class RedisResultStore:
         # JSON records can be joined into one array per reply channel; other serializers' cannot.
         self._joinable = backend.serializer == "json"  # type: ignore[attr-defined]
         self._link = _BoundedLink(backend.client.connection_pool)
+        self._database = database(backend.client)
 
-    def write(self, encoded: Sequence[tuple[Any, str | bytes]]) -> set[str]:
-        """Store ``(TaskResult, payload)`` pairs; returns the ids of results refused (a final one was there)."""
+    def takes_acks_of(self, client: redis.Redis) -> bool:
+        """Whether messages ``client`` reads may be acknowledged in the transaction of their results.
+
+        Only on the same server, and not when results wait for replicas: a
+        batch is acknowledged once replicas confirmed its results, after the
+        transaction.
+        """
+        return self._wait is None and same_server(self.backend.client, client)
+
+    def write(self, encoded: Sequence[tuple[Any, str | bytes]], ack: Acknowledgement | None = None) -> set[str]:
+        """Store ``(TaskResult, payload)`` pairs; returns the ids of results refused (a final one was there).
+
+        ``ack`` (of messages on this server) runs in the same transaction when
+        the batch is written with plain commands, and is then marked done.
+        """
         if not encoded:
             return set()
         if self._link.bounded and self._in_time(encoded):
-            self._write_plain(encoded)
+            self._write_plain(encoded, ack)
             return set()
         return self._write_scripted(encoded)
 
@@ -83,12 +113,13 @@ class RedisResultStore:
         late_after = _earliest_late_after(encoded)
         return late_after is None or time.time() + LATE_MARGIN_SECONDS < late_after
 
-    def _write_plain(self, encoded: Sequence[tuple[Any, str | bytes]]) -> None:
-        """``SET`` and ``PUBLISH`` per result, then the reply channels' messages, in one transaction.
+    def _write_plain(self, encoded: Sequence[tuple[Any, str | bytes]], ack: Acknowledgement | None) -> None:
+        """``SET`` and ``PUBLISH`` per result, the reply channels' messages, then ``ack``, in one transaction.
 
         One buffer, one round trip. The transaction makes the batch atomic as
         the script is, and keeps a refused write unannounced: a ``SET`` Redis
-        refuses as it queues it (out of memory) aborts the whole ``EXEC``.
+        refuses as it queues it (out of memory) aborts the whole ``EXEC``, and
+        with it the acknowledgement (the messages stay claimed, to be run again).
         """
         expiry = b"$2\r\nEX\r\n" + _bulk(b"%d" % int(self.expires)) if self.expires else b""
         set_head = b"*5\r\n$3\r\nSET\r\n" if expiry else b"*3\r\n$3\r\nSET\r\n"
@@ -107,12 +138,20 @@ class RedisResultStore:
             messages = [_joined(payloads)] if self._joinable and takes_batches(channel) else payloads
             packed += [pack_command("PUBLISH", channel, message) for message in messages]
             queued += len(messages)
+        if ack is not None:
+            commands = ack.commands
+            if ack.database != self._database:  # SELECT runs as the transaction does: none if it is aborted
+                commands = [pack_command("SELECT", ack.database), *commands, pack_command("SELECT", self._database)]
+            packed += commands
+            queued += len(commands)
         packed.append(_EXEC)
         if self._wait is not None:
             packed.append(pack_command(*self._wait.command()))
         answers = self._link.run(b"".join(packed), 1 + queued + 1 + (1 if self._wait is not None else 0))
         if self._wait is not None:
             self._wait.check(answers[-1], f"{self.task_name}: storing {len(encoded)} result(s)")
+        if ack is not None:
+            ack.done = True
 
     def _write_scripted(self, encoded: Sequence[tuple[Any, str | bytes]]) -> set[str]:
         """One script call for the batch (see ``lua/store_results.lua`` for its arguments)."""

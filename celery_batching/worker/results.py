@@ -17,13 +17,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
+import redis
 from celery import Celery, states
 from celery.backends.redis import RedisBackend
 
 from .. import fastjson
 from ..errors import ResultNotSerializable
 from .arrays import plain_value
-from .redis_store import RedisResultStore
+from .redis_store import Acknowledgement, RedisResultStore
 
 
 @dataclass(slots=True)
@@ -78,14 +79,19 @@ class ResultWriter:
         # which is given numpy rows as the lists their tolist() gives.
         self._fast_json = fastjson.serves_backend(self.backend)
 
-    def write(self, results: Sequence[TaskResult]) -> list[TaskResult]:
+    def takes_acks_of(self, client: redis.Redis) -> bool:
+        """Whether an :class:`Acknowledgement` of messages ``client`` reads may go with the results they gave."""
+        return self._redis_store is not None and self._redis_store.takes_acks_of(client)
+
+    def write(self, results: Sequence[TaskResult], ack: Acknowledgement | None = None) -> list[TaskResult]:
         """Store every result not ignored; returns them as stored.
 
         A result the serializer cannot encode is stored as a FAILURE with
         :class:`~celery_batching.errors.ResultNotSerializable` instead, and
         returned that way. A store-once or late result that found a final
         result already stored comes back ``refused``: nothing of it was
-        written or published.
+        written or published. ``ack`` is run with the results when the Redis
+        store can (see :meth:`RedisResultStore.write`).
         """
         date_done = self.app.now().isoformat()
         encoded: list[tuple[TaskResult, str | bytes]] = []
@@ -96,7 +102,7 @@ class ResultWriter:
             if not result.ignore_result:
                 encoded.append((result, payload))
         if self._redis_store is not None:
-            refused = self._redis_store.write(encoded)
+            refused = self._redis_store.write(encoded, ack)
         else:
             refused = {result.task_id for result, _ in encoded if not self._write_generic(result)}
         if refused:
