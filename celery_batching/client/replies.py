@@ -31,6 +31,7 @@ from kombu.utils.uuid import uuid
 from .. import fastjson
 from ..protocol import BATCH_CHANNEL_PREFIX, CHANNEL_PREFIX
 from .per_process import PerProcess
+from .subscription import ChannelSubscription
 
 logger = logging.getLogger(__name__)
 
@@ -91,7 +92,7 @@ class ReplyHub:
         self._slots: weakref.WeakValueDictionary[str, ReplySlot] = weakref.WeakValueDictionary()
         #: How often the listener lost its channel and subscribed again.
         self.reconnects = 0
-        self._pubsub = self._subscribe()
+        self._subscription = self._subscribe()
         threading.Thread(target=self._listen, name="celery-batching-replies", daemon=True).start()
 
     def expect(self, task_id: str) -> ReplySlot:
@@ -100,24 +101,15 @@ class ReplyHub:
         self._slots[task_id] = slot
         return slot
 
-    def _subscribe(self) -> Any:
-        """A pubsub connection whose subscription Redis has confirmed."""
-        pubsub = self.backend.client.pubsub()
-        pubsub.subscribe(self.channel)
-        deadline = time.monotonic() + SUBSCRIBE_TIMEOUT_SECONDS
-        while time.monotonic() < deadline:
-            message = pubsub.get_message(timeout=deadline - time.monotonic())
-            if message is not None and message["type"] == "subscribe":
-                return pubsub
-        pubsub.close()
-        raise redis.TimeoutError(f"Redis did not confirm the subscription to {self.channel}")
+    def _subscribe(self) -> ChannelSubscription:
+        return ChannelSubscription(self.backend.client, self.channel, SUBSCRIBE_TIMEOUT_SECONDS)
 
     def _listen(self) -> None:
         while True:
             try:
-                message = self._pubsub.get_message(ignore_subscribe_messages=True, timeout=RECHECK_SECONDS)
-                if message is not None and message["type"] == "message":
-                    self._deliver(message["data"])
+                data = self._subscription.next_message(RECHECK_SECONDS)
+                if data is not None:
+                    self._deliver(data)
             except (redis.ConnectionError, redis.TimeoutError) as exc:
                 logger.warning("reply channel %s lost (%s); resubscribing", self.channel, exc)
                 self._resubscribe()
@@ -125,11 +117,11 @@ class ReplyHub:
                 logger.exception("reply channel %s: cannot deliver a reply", self.channel)
 
     def _resubscribe(self) -> None:
-        self._pubsub.close()
+        self._subscription.close()
         while True:
             time.sleep(RECONNECT_PAUSE_SECONDS)
             try:
-                self._pubsub = self._subscribe()
+                self._subscription = self._subscribe()
                 self.reconnects += 1
                 return
             except (redis.ConnectionError, redis.TimeoutError):
