@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-from collections.abc import Iterator, Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import hiredis
@@ -89,6 +90,46 @@ def run_packed_on(client: redis.Redis, packed: bytes, commands: int) -> list[Any
     """:func:`send_packed` on a connection of ``client``'s pool."""
     with pooled_connection(client) as connection:
         return send_packed(connection, packed, commands)
+
+
+class OwnConnection:
+    """A connection of a pool's kind that is nobody else's: made when first needed, used under a lock.
+
+    A pooled connection is checked for stray data at every checkout (a poll,
+    and a read that finds nothing), a cost a connection only we use never
+    needs: one whose use raised is dropped, since whatever it was in the middle
+    of is no reply to anything later. ``settings`` override the pool's.
+    """
+
+    def __init__(self, pool: redis.ConnectionPool, **settings: Any) -> None:
+        kwargs = {**pool.connection_kwargs, **settings}
+        self._make: Callable[[], Any] = lambda: pool.connection_class(**kwargs)
+        self._connection: Any = None
+        self._lock = threading.Lock()
+
+    def run(self, packed: bytes, commands: int) -> list[Any]:
+        """The answers to the ``commands`` commands in ``packed`` (see :func:`send_packed`)."""
+        answers: list[Any] = self._use(lambda connection: send_packed(connection, packed, commands))
+        return answers
+
+    def run_script(self, script: Script, keys: Sequence[Arg], args: Sequence[Arg]) -> Any:
+        """``script``'s answer."""
+        return self._use(lambda connection: script.run(connection, keys, args))
+
+    def _use(self, action: Callable[[Any], Any]) -> Any:
+        with self._lock:
+            if self._connection is None:
+                connection = self._make()
+                # Connected first, as a pool does: a command on an unconnected Sentinel-managed connection
+                # skips its lookup of the master in redis-py 8 (and tries localhost:6379).
+                connection.connect()
+                self._connection = connection
+            try:
+                return action(self._connection)
+            except BaseException:
+                self._connection.disconnect()
+                self._connection = None  # the next use connects afresh (to a new master, after a failover)
+                raise
 
 
 # What names a Redis server in a pool's connection settings (the database is not part of it).

@@ -499,6 +499,8 @@ class BatchedQueueConsumer:
 
     def _send_events(self, done: _Done, stored: list[TaskResult]) -> None:
         """Task events are for observers: failing to send them is logged, never fatal."""
+        if not self.events.enabled:
+            return
         announced = [(m, r) for m, r in zip(done.messages, stored) if m.task_id and not r.refused]
         if not announced:
             return

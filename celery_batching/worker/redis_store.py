@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import socket
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
@@ -39,7 +39,7 @@ from kombu.utils.encoding import ensure_bytes
 
 from ..client.replication import replica_wait
 from ..protocol import takes_batches
-from ..resp import Script, database, pack_command, same_server, send_packed
+from ..resp import OwnConnection, Script, database, pack_command, same_server
 
 # Longest a write may stay unacknowledged in the network before its connection is dropped.
 IN_FLIGHT_LIMIT_SECONDS = 20.0
@@ -195,38 +195,23 @@ class RedisResultStore:
         return {result.task_id for (result, _), kept in zip(encoded, stored) if not kept}
 
 
-class _BoundedLink:
-    """The store's own connection, of the backend pool's kind, with the in-flight limit set on it.
-
-    Used by one thread (the writer's); one whose use raised is dropped, since
-    whatever it was in the middle of is no reply to anything later.
-    """
+class _BoundedLink(OwnConnection):
+    """The store's own connection, of the backend pool's kind, with the in-flight limit set on it."""
 
     def __init__(self, pool: redis.ConnectionPool) -> None:
-        kwargs = dict(pool.connection_kwargs)
+        settings: dict[str, Any] = {}
         over_tcp = not issubclass(pool.connection_class, redis.UnixDomainSocketConnection)
         user_timeout = getattr(socket, "TCP_USER_TIMEOUT", None)
         #: Whether a write on it arrives within the limit or never (a local socket has no network to wait in).
         self.bounded = not over_tcp or user_timeout is not None
         if over_tcp and user_timeout is not None:
-            options = kwargs.get("socket_keepalive_options")
-            kwargs["socket_keepalive"] = True  # redis-py sets its TCP options only with keepalive on
-            kwargs["socket_keepalive_options"] = {
+            options = pool.connection_kwargs.get("socket_keepalive_options")
+            settings["socket_keepalive"] = True  # redis-py sets its TCP options only with keepalive on
+            settings["socket_keepalive_options"] = {
                 **(options if isinstance(options, dict) else {}),
                 user_timeout: int(IN_FLIGHT_LIMIT_SECONDS * 1000),
             }
-        self._make: Callable[[], Any] = lambda: pool.connection_class(**kwargs)
-        self._connection: Any = None
-
-    def run(self, packed: bytes, commands: int) -> list[Any]:
-        """The answers to ``commands`` commands, packed into one buffer."""
-        if self._connection is None:
-            self._connection = self._make()
-        try:
-            return send_packed(self._connection, packed, commands)
-        except BaseException:
-            self._connection.disconnect()
-            raise
+        super().__init__(pool, **settings)
 
 
 _MULTI = pack_command("MULTI")
