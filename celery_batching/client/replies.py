@@ -54,7 +54,10 @@ class ReplySlot:
 
     def __init__(self, hub: ReplyHub | None = None) -> None:
         self.meta: dict[str, Any] | None = None
-        self._arrived = threading.Event()
+        # Held until the result is in. A lock is the cheapest thing a thread can wait on: an Event
+        # builds a Condition per slot and takes it twice per wake, on every request of a busy process.
+        self._arrived = threading.Lock()
+        self._arrived.acquire()
         self._hub = hub
         self._seen = hub.reconnects if hub is not None else 0
 
@@ -69,11 +72,18 @@ class ReplySlot:
         return missed
 
     def fulfil(self, meta: dict[str, Any]) -> None:
+        """Hand over the result (called by the listener thread only, so the first call is known)."""
+        first = self.meta is None
         self.meta = meta
-        self._arrived.set()
+        if first:
+            self._arrived.release()
 
     def wait(self, timeout: float) -> bool:
-        return self._arrived.wait(timeout)
+        """Whether the result came within ``timeout`` seconds (> 0); once in, every wait returns at once."""
+        if not self._arrived.acquire(timeout=timeout):
+            return False
+        self._arrived.release()
+        return True
 
 
 class ReplyHub:
