@@ -58,18 +58,33 @@ def send_packed(connection: Any, packed: bytes, commands: int) -> list[Any]:
             answers.append(answer)
             continue
         try:
-            data = sock.recv(READ_SIZE)
+            feed_from_socket(sock, reader, f"after {len(answers)} of {commands} answers")
         except TimeoutError as exc:
             raise redis.TimeoutError(f"Redis answered {len(answers)} of {commands} commands in time") from exc
-        except OSError as exc:
-            raise redis.ConnectionError(f"reading from Redis: {exc}") from exc
-        if not data:
-            raise redis.ConnectionError(f"Redis closed the connection after {len(answers)} of {commands} answers")
-        reader.feed(data)
     error = next((answer for answer in answers if isinstance(answer, redis.ResponseError)), None)
     if error is not None:
         raise error
     return answers
+
+
+def feed_from_socket(sock: Any, reader: hiredis.Reader, where: str, timeout: float | None = None) -> None:
+    """Give ``reader`` what one read of ``sock`` brings, waiting ``timeout`` seconds (default: the socket's).
+
+    A read past the timeout raises the builtin :class:`TimeoutError`, for
+    the caller to decide on; a lost connection raises
+    :class:`redis.ConnectionError` naming ``where`` the reading was.
+    """
+    try:
+        if timeout is not None:
+            sock.settimeout(timeout)
+        data = sock.recv(READ_SIZE)
+    except TimeoutError:
+        raise
+    except OSError as exc:
+        raise redis.ConnectionError(f"reading from Redis {where}: {exc}") from exc
+    if not data:
+        raise redis.ConnectionError(f"Redis closed the connection {where}")
+    reader.feed(data)
 
 
 @contextlib.contextmanager

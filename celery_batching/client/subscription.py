@@ -20,7 +20,7 @@ from typing import Any
 import hiredis
 import redis
 
-from ..resp import CHECKOUT_ARGS, READ_SIZE, pack_command
+from ..resp import CHECKOUT_ARGS, feed_from_socket, pack_command
 
 
 class ChannelSubscription:
@@ -72,13 +72,7 @@ class ChannelSubscription:
             if sock is None:
                 raise redis.ConnectionError("the reply channel's connection is closed")
             try:
-                sock.settimeout(left)
-                data = sock.recv(READ_SIZE)
+                feed_from_socket(sock, self._reader, "on the reply channel", left)
             except TimeoutError:
                 return None
-            except OSError as exc:
-                raise redis.ConnectionError(f"reading the reply channel: {exc}") from exc
-            if not data:
-                raise redis.ConnectionError("Redis closed the reply channel's connection")
-            self._reader.feed(data)
         return reply
