@@ -22,8 +22,9 @@ from typing import Any
 
 import psutil
 
-# The redis-server the harness runs (Debian's package, as in scripts/setup.sh).
-REDIS_SERVER = "/usr/bin/redis-server"
+# The redis-server the harness runs: Debian's package, as in scripts/setup.sh, unless
+# $BENCH_REDIS_SERVER names another (a machine without the package, such as a lent GPU box).
+REDIS_SERVER = os.environ.get("BENCH_REDIS_SERVER", "/usr/bin/redis-server")
 
 
 class HarnessError(RuntimeError):

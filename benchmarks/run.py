@@ -137,10 +137,17 @@ def _versions() -> str:
     return "; ".join(lines)
 
 
+def _device_name() -> str:
+    """cuda:0 and the GPU's own name, for a report that says what it ran on."""
+    import torch
+
+    return f"cuda:0 ({torch.cuda.get_device_name(0)})"
+
+
 def preamble(args: argparse.Namespace, sizes: Sizes) -> str:
     return (
         f"{time.strftime('%Y-%m-%d %H:%M')} on {platform.node()}: {os.cpu_count()} CPUs, "
-        f"Python {platform.python_version()}, device {'cuda:0' if args.gpu else 'cpu'}"
+        f"Python {platform.python_version()}, device {_device_name() if args.gpu else 'cpu'}"
         f"{', --quick' if args.quick else ''}. {args.reps} repetitions.\n\n"
         f"Knobs: batch {BATCH_SIZE} for every system; batching window {ANCHOR_MAX_WAIT} s for "
         f"service-streamer (max_latency) and celery-batches (flush_interval); celery-batching at its "
