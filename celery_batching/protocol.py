@@ -199,7 +199,8 @@ class TaskMessage:
     """One claimed message, decoded as far as it could be (one per task in the hot path: slotted)."""
 
     claimed: Claimed
-    claimed_at: float = field(default_factory=time.time)
+    #: When it was claimed (seconds since the epoch): the time Redis recorded the claim under.
+    claimed_at: float
     task_id: str | None = None
     sample: Any = None
     error: BaseException | None = None
@@ -247,8 +248,9 @@ class TaskMessage:
             "expires": headers.get("expires"),
         }
 
-    def expired(self, now: datetime) -> bool:
-        return self.expires is not None and now >= self.expires
+    def expired(self) -> bool:
+        """Whether its ``expires`` has passed (the clock is read only for a message that has one)."""
+        return self.expires is not None and datetime.now(timezone.utc) >= self.expires
 
     @property
     def queue_wait(self) -> float | None:
@@ -271,8 +273,9 @@ class MessageDecoder:
         self.accept = accept  # None: every content type (kombu's reading of it)
         self.max_sample_bytes = max_sample_bytes
 
-    def decode(self, claimed: Claimed) -> TaskMessage:
-        message = TaskMessage(claimed)
+    def decode(self, claimed: Claimed, claimed_at: float | None = None) -> TaskMessage:
+        """``claimed`` as a message; ``claimed_at`` is when it was claimed (default: now)."""
+        message = TaskMessage(claimed, time.time() if claimed_at is None else claimed_at)
         try:
             outer = self._loads_envelope(claimed.payload)
             if not isinstance(outer, dict):

@@ -31,7 +31,6 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timezone
 from typing import Any
 
 import redis
@@ -257,9 +256,8 @@ class BatchedQueueConsumer:
         if not claim.messages:
             self.watch.wait(self._idle_timeout())
             return
-        decoded = [self.decoder.decode(item) for item in claim.messages]
-        for message in decoded:
-            message.claimed_at = now  # the time Redis recorded the claim under, which restores compare with
+        # Stamped with the time Redis recorded the claim under, which restores compare with.
+        decoded = [self.decoder.decode(item, now) for item in claim.messages]
         messages = self._park_future(decoded, now)
         if messages:
             call_hooks(self.hooks, "after_claim", self.spec.task_name, len(messages), [m.queue_wait for m in messages])
@@ -332,7 +330,7 @@ class BatchedQueueConsumer:
         if message.task_id in worker_state.revoked:
             call_hooks(self.hooks, "after_skip", self.spec.task_name, message.task_id, "revoked")
             return TaskRevokedError("revoked")
-        if message.expired(datetime.now(timezone.utc)):
+        if message.expired():
             call_hooks(self.hooks, "after_skip", self.spec.task_name, message.task_id, "expired")
             return TaskRevokedError("expired")
         return None
